@@ -1,0 +1,1 @@
+"""Real-time delivery: local connection hub, broker backends and presence."""

@@ -1,0 +1,1 @@
+"""Email alerts: the durable outbox, its worker and the transports."""

@@ -1,0 +1,1 @@
+"""The HTTP and WebSocket server: rules, actions, REST and socket endpoints."""

@@ -1,0 +1,321 @@
+"""Every change to conversations happens here, for REST and WebSocket alike.
+
+Each action runs one transaction: lock the candidate row, load the facts, ask `server.rules`,
+write, append to the candidate's event log with the next seq, commit. Only then are the
+events handed to the sink (persist first, then publish).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server import facts, rules
+from server.errors import InvalidInput, NotFound
+from server.events import CandidateEvent, DomainEvent, EventSink, UnreadTouched
+from server.facts import Principal
+from server.rules import ThreadKey
+from server.views import MessageRow, messages_by_id, thread_unread, threads_json
+from storage.database import Database
+from storage.models import Candidate, Event, Message, ReadMarker, Thread, User, utcnow
+
+Json = dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenThreadRequest:
+    private: bool
+    agency_user: str | None = None
+    member: str | None = None
+
+
+class Messaging:
+    def __init__(self, db: Database, sink: EventSink) -> None:
+        self.db = db
+        self.sink = sink
+
+    # --- threads --------------------------------------------------------------------
+
+    async def open_thread(
+        self, who: Principal, candidate_id: str, request: OpenThreadRequest
+    ) -> tuple[Json, bool]:
+        """Get-or-create a thread; returns (Thread JSON, created)."""
+        async with self.db.write() as session:
+            candidate = await facts.candidate_row(
+                session, who.actor.org_pk, candidate_id, lock=True
+            )
+            access = rules.require_candidate(
+                who.actor, await facts.candidate_access(session, candidate) if candidate else None
+            )
+            assert candidate is not None
+            key = rules.thread_key(
+                who.actor,
+                access,
+                private=request.private,
+                agency_user_pk=await self._user_pk(session, who, request.agency_user, "agency"),
+                member_pk=await self._user_pk(session, who, request.member, "member"),
+            )
+            thread = await self._find_thread(session, candidate.pk, key)
+            created = thread is None
+            if thread is None:
+                partners = await facts.earlier_private_partners(session, who.actor)
+                rules.check_open_thread(who.actor, access, key, partners)
+                thread = Thread(
+                    org_pk=candidate.org_pk,
+                    candidate_pk=candidate.pk,
+                    kind=key.kind,
+                    agency_user_pk=key.agency_user_pk,
+                    member_pk=key.member_pk,
+                )
+                session.add(thread)
+                await session.flush()
+            rules.require_thread(who.actor, access, facts.thread_ref(thread))
+            (body,) = await threads_json(session, who.actor, [thread], candidate.ext_id)
+        return body, created
+
+    async def _user_pk(
+        self, session: AsyncSession, who: Principal, user_id: str | None, kind: str
+    ) -> int | None:
+        if user_id is None:
+            return None
+        pk = await session.scalar(
+            select(User.pk).where(
+                User.org_pk == who.actor.org_pk, User.ext_id == user_id, User.kind == kind
+            )
+        )
+        if pk is None:
+            what = "agency user" if kind == "agency" else "member"
+            raise NotFound(f"No such {what} on this candidate.")
+        return pk
+
+    async def _find_thread(
+        self, session: AsyncSession, candidate_pk: int, key: ThreadKey
+    ) -> Thread | None:
+        query = select(Thread).where(
+            Thread.candidate_pk == candidate_pk,
+            Thread.kind == key.kind,
+            Thread.agency_user_pk == key.agency_user_pk,
+        )
+        if key.member_pk is None:
+            query = query.where(Thread.member_pk.is_(None))
+        else:
+            query = query.where(Thread.member_pk == key.member_pk)
+        return (await session.execute(query)).scalar_one_or_none()
+
+    # --- messages -------------------------------------------------------------------
+
+    async def send(
+        self, who: Principal, thread_id: int, body: str, client_id: str | None
+    ) -> tuple[Json, bool]:
+        """Posts a message; returns (Message JSON, created). A repeated client_id is a no-op."""
+        try:
+            return await self._send(who, thread_id, body, client_id)
+        except IntegrityError:
+            # A concurrent request with the same client_id won the race: answer with its message.
+            if client_id is None:
+                raise
+            existing = await self._by_client_id(who, client_id)
+            if existing is None:
+                raise
+            return existing.to_json(), False
+
+    async def _send(
+        self, who: Principal, thread_id: int, body: str, client_id: str | None
+    ) -> tuple[Json, bool]:
+        events: list[DomainEvent] = []
+        async with self.db.write() as session:
+            thread, candidate, access = await self._locked_thread(session, who, thread_id)
+            rules.check_post(who.actor, access, facts.thread_ref(thread))
+            if client_id is not None:
+                earlier = await session.scalar(
+                    select(Message.id).where(
+                        Message.author_pk == who.actor.pk, Message.client_id == client_id
+                    )
+                )
+                if earlier is not None:
+                    row = (await messages_by_id(session, [earlier]))[earlier]
+                    rules.check_read(who.actor, access, await self._ref_of(session, row))
+                    return row.to_json(), False
+            message = Message(
+                thread_id=thread.id,
+                candidate_pk=candidate.pk,
+                author_pk=who.actor.pk,
+                body=body,
+                client_id=client_id,
+                created_at=utcnow(),
+            )
+            session.add(message)
+            await session.flush()
+            thread.last_message_id = message.id
+            seq = await self._append_event(
+                session, candidate, "message.created", thread, message.id
+            )
+            row = (await messages_by_id(session, [message.id]))[message.id]
+            payload = row.to_json()
+            ref = facts.thread_ref(thread)
+            events.append(
+                CandidateEvent(
+                    "message.created",
+                    candidate.org_pk,
+                    candidate.pk,
+                    candidate.ext_id,
+                    seq,
+                    ref,
+                    message.id,
+                    payload,
+                    who.actor.pk,
+                )
+            )
+            readers = rules.thread_viewers(access, ref) - {who.actor.pk}
+            events.append(
+                UnreadTouched(candidate.org_pk, candidate.pk, candidate.ext_id, thread.id, readers)
+            )
+        await self.sink.publish(events)
+        return payload, True
+
+    async def _by_client_id(self, who: Principal, client_id: str) -> MessageRow | None:
+        async with self.db.read() as session:
+            message_id = await session.scalar(
+                select(Message.id).where(
+                    Message.author_pk == who.actor.pk, Message.client_id == client_id
+                )
+            )
+            if message_id is None:
+                return None
+            return (await messages_by_id(session, [message_id])).get(message_id)
+
+    async def _ref_of(self, session: AsyncSession, row: MessageRow) -> rules.ThreadRef:
+        thread = await session.get(Thread, row.message.thread_id)
+        assert thread is not None
+        return facts.thread_ref(thread)
+
+    async def delete(self, who: Principal, message_id: int) -> None:
+        """Erases a message's text and leaves a tombstone. Deleting a tombstone is a no-op."""
+        events: list[DomainEvent] = []
+        async with self.db.write() as session:
+            message = await session.get(Message, message_id)
+            if message is None:
+                raise NotFound("No such message.")
+            thread, candidate, access = await self._locked_thread(
+                session, who, message.thread_id, missing="No such message."
+            )
+            ref = facts.thread_ref(thread)
+            rules.check_delete(who.actor, access, ref, message.author_pk)
+            if message.deleted:
+                return
+            message.deleted = True
+            message.body = None
+            seq = await self._append_event(
+                session, candidate, "message.deleted", thread, message.id
+            )
+            events.append(
+                CandidateEvent(
+                    "message.deleted",
+                    candidate.org_pk,
+                    candidate.pk,
+                    candidate.ext_id,
+                    seq,
+                    ref,
+                    message.id,
+                    None,
+                    who.actor.pk,
+                )
+            )
+            readers = rules.thread_viewers(access, ref) - {who.actor.pk}
+            events.append(
+                UnreadTouched(candidate.org_pk, candidate.pk, candidate.ext_id, thread.id, readers)
+            )
+        await self.sink.publish(events)
+
+    async def mark_read(self, who: Principal, thread_id: int, message_id: int) -> int:
+        """Moves the caller's read marker forward (never back); returns the thread's unread."""
+        moved = False
+        async with self.db.write() as session:
+            thread, candidate, access = await self._locked_thread(
+                session, who, thread_id, lock=False
+            )
+            rules.check_read(who.actor, access, facts.thread_ref(thread))
+            in_thread = await session.scalar(
+                select(Message.id).where(Message.id == message_id, Message.thread_id == thread.id)
+            )
+            if in_thread is None:
+                raise InvalidInput("message_id is not a message of this thread.")
+            marker = await session.get(ReadMarker, (who.actor.pk, thread.id))
+            if marker is None:
+                session.add(
+                    ReadMarker(user_pk=who.actor.pk, thread_id=thread.id, message_id=message_id)
+                )
+                moved = True
+            elif marker.message_id < message_id:
+                marker.message_id = message_id
+                moved = True
+            await session.flush()
+            unread = await thread_unread(session, who.actor.pk, thread.id)
+        if moved:
+            await self.sink.publish(
+                [
+                    UnreadTouched(
+                        candidate.org_pk,
+                        candidate.pk,
+                        candidate.ext_id,
+                        thread.id,
+                        frozenset({who.actor.pk}),
+                    )
+                ]
+            )
+        return unread
+
+    # --- shared steps ---------------------------------------------------------------
+
+    async def _locked_thread(
+        self,
+        session: AsyncSession,
+        who: Principal,
+        thread_id: int,
+        *,
+        missing: str = "No such thread.",
+        lock: bool = True,
+    ) -> tuple[Thread, Candidate, rules.CandidateAccess]:
+        """The thread, its candidate (row-locked: writes to one candidate are serialised, so
+        that seqs and message ids commit in order) and the candidate's access now."""
+        thread = await facts.thread_row(session, who.actor.org_pk, thread_id)
+        if thread is None:
+            raise NotFound(missing)
+        candidate = await facts.candidate_row_by_pk(session, thread.candidate_pk, lock=lock)
+        if candidate is None:
+            raise NotFound(missing)
+        access = await facts.candidate_access(session, candidate)
+        if not rules.can_see_thread(who.actor, access, facts.thread_ref(thread)):
+            raise NotFound(missing)
+        return thread, candidate, access
+
+    async def _append_event(
+        self,
+        session: AsyncSession,
+        candidate: Candidate,
+        kind: str,
+        thread: Thread,
+        message_id: int,
+    ) -> int:
+        seq: int = (
+            await session.execute(
+                update(Candidate)
+                .where(Candidate.pk == candidate.pk)
+                .values(last_seq=Candidate.last_seq + 1)
+                .returning(Candidate.last_seq)
+            )
+        ).scalar_one()
+        session.add(
+            Event(
+                candidate_pk=candidate.pk,
+                seq=seq,
+                kind=kind,
+                thread_id=thread.id,
+                message_id=message_id,
+                created_at=utcnow(),
+            )
+        )
+        return seq

@@ -1,0 +1,120 @@
+"""The `agency-messaging` command: migrate, serve, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from server.settings import ConfigError, Settings
+from storage import migrate
+from storage.database import Database, default_sqlite_url
+
+DEMO_ENV = "var/demo.env"
+
+
+def _settings(*, demo: bool = False) -> Settings:
+    env = dict(os.environ)
+    if demo or (Path(DEMO_ENV).exists() and not env.get("AM_SECRET")):
+        from server.demo import ensure_demo_env
+
+        for key, value in ensure_demo_env(Path(DEMO_ENV)).items():
+            env.setdefault(key, value)
+    return Settings.from_env(env)
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("AM_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+async def _migrate(url: str) -> None:
+    db = Database(url)
+    try:
+        await migrate.upgrade(db)
+        print(f"Schema is at revision {await migrate.current_revision(db)}.")
+    finally:
+        await db.close()
+
+
+async def _check_schema(settings: Settings) -> None:
+    db = Database(settings.database_url)
+    try:
+        if settings.database_is_default:
+            await migrate.upgrade(db)
+        else:
+            await migrate.check_up_to_date(db)
+    finally:
+        await db.close()
+
+
+def _serve(settings: Settings, host: str, port: int) -> int:
+    import uvicorn
+
+    from server.app import create_app
+
+    try:
+        asyncio.run(_check_schema(settings))
+    except migrate.SchemaOutOfDate as error:
+        print(f"agency-messaging: {error}", file=sys.stderr)
+        return 2
+    config = uvicorn.Config(
+        create_app(settings, auto_migrate=False),
+        host=host,
+        port=port,
+        access_log=False,  # our own access log leaves out query strings and tokens
+        proxy_headers=True,
+        log_config=None,
+        ws_max_size=64 * 1024,
+        timeout_graceful_shutdown=10,
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
+def _demo(settings: Settings) -> int:
+    from server.demo import provision_demo
+
+    asyncio.run(_check_schema(settings))
+    links = asyncio.run(provision_demo(settings))
+    print("\nAgency Messaging demo: open a link to sign in as that user.\n")
+    for name, role, link in links:
+        print(f"  {name} ({role}):\n    {link}\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="agency-messaging", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("migrate", help="bring the database schema up to date")
+    serve = commands.add_parser("serve", help="serve HTTP and WebSocket")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    commands.add_parser("demo", help="provision the demo org and print login links")
+    args = parser.parse_args(argv)
+    _logging()
+    if args.command == "migrate":
+        # Needs only the database: no secrets, so that it runs before anything is configured.
+        url = os.environ.get("AM_DATABASE_URL") or default_sqlite_url(
+            Path(os.environ.get("AM_VAR_DIR", "var"))
+        )
+        asyncio.run(_migrate(url))
+        return 0
+    try:
+        settings = _settings(demo=args.command == "demo")
+    except ConfigError as error:
+        print(f"agency-messaging: {error}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        return _serve(settings, args.host, args.port)
+    return _demo(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Loads from storage the facts that `server.rules` decides on, as they are now."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server.rules import PRIVATE_THREAD, Actor, CandidateAccess, ThreadRef
+from storage.models import Candidate, CandidateAgencyUser, CandidateMember, Org, Thread, User
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated user of a request or socket."""
+
+    actor: Actor
+    org_id: str
+    user_id: str
+    name: str
+
+    @property
+    def kind(self) -> str:
+        return self.actor.kind
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.actor.org_pk, self.actor.pk)
+
+
+async def load_principal(session: AsyncSession, org_id: str, user_id: str) -> Principal | None:
+    row = (
+        await session.execute(
+            select(User.pk, User.org_pk, User.kind, User.name)
+            .join(Org, Org.pk == User.org_pk)
+            .where(Org.ext_id == org_id, User.ext_id == user_id)
+        )
+    ).first()
+    if row is None:
+        return None
+    return Principal(Actor(row.pk, row.org_pk, row.kind), org_id, user_id, row.name)
+
+
+async def candidate_row(
+    session: AsyncSession, org_pk: int, candidate_id: str, *, lock: bool = False
+) -> Candidate | None:
+    query = select(Candidate).where(Candidate.org_pk == org_pk, Candidate.ext_id == candidate_id)
+    if lock:
+        query = query.with_for_update()
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def candidate_row_by_pk(
+    session: AsyncSession, candidate_pk: int, *, lock: bool = False
+) -> Candidate | None:
+    query = select(Candidate).where(Candidate.pk == candidate_pk)
+    if lock:
+        query = query.with_for_update()
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def candidate_access(session: AsyncSession, candidate: Candidate) -> CandidateAccess:
+    members = await session.scalars(
+        select(CandidateMember.user_pk).where(CandidateMember.candidate_pk == candidate.pk)
+    )
+    agency_users = await session.scalars(
+        select(CandidateAgencyUser.user_pk).where(CandidateAgencyUser.candidate_pk == candidate.pk)
+    )
+    return CandidateAccess(
+        pk=candidate.pk,
+        org_pk=candidate.org_pk,
+        coordinator_pk=candidate.coordinator_pk,
+        member_pks=frozenset(members),
+        agency_user_pks=frozenset(agency_users),
+    )
+
+
+def thread_ref(thread: Thread) -> ThreadRef:
+    return ThreadRef(
+        id=thread.id,
+        candidate_pk=thread.candidate_pk,
+        kind=thread.kind,
+        agency_user_pk=thread.agency_user_pk,
+        member_pk=thread.member_pk,
+    )
+
+
+async def thread_row(session: AsyncSession, org_pk: int, thread_id: int) -> Thread | None:
+    return (
+        await session.execute(select(Thread).where(Thread.id == thread_id, Thread.org_pk == org_pk))
+    ).scalar_one_or_none()
+
+
+async def earlier_private_partners(session: AsyncSession, actor: Actor) -> frozenset[int]:
+    """Members this agency user has exchanged private messages with, on any candidate."""
+    if actor.is_member:
+        return frozenset()
+    rows = await session.scalars(
+        select(Thread.member_pk)
+        .where(
+            Thread.agency_user_pk == actor.pk,
+            Thread.kind == PRIVATE_THREAD,
+            Thread.org_pk == actor.org_pk,
+            Thread.last_message_id.is_not(None),
+        )
+        .distinct()
+    )
+    return frozenset(pk for pk in rows if pk is not None)

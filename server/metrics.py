@@ -1,0 +1,39 @@
+"""Prometheus metrics, one registry per app so that several apps can live in one process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "am_http_requests", "HTTP requests served.", ["method", "route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "am_http_request_duration_seconds",
+            "Time to answer an HTTP request.",
+            ["method", "route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.messages_sent = Counter(
+            "am_messages_sent", "Messages stored, by transport.", ["transport"], registry=r
+        )
+        self.messages_deleted = Counter("am_messages_deleted", "Messages deleted.", registry=r)
+        self.ws_connections = Gauge("am_ws_connections", "Open WebSocket connections.", registry=r)
+        self.ws_events = Counter(
+            "am_ws_events_sent", "Events queued to WebSocket connections.", ["type"], registry=r
+        )
+        self.ws_closed = Counter(
+            "am_ws_closed", "WebSocket connections closed, by close code.", ["code"], registry=r
+        )
+        self.emails = Counter("am_emails", "Email alerts, by outcome.", ["outcome"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

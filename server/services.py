@@ -1,0 +1,33 @@
+"""The per-process objects that endpoints share, built and closed by the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import HTTPConnection
+
+from server.actions import Messaging
+from server.events import EventSink
+from server.metrics import Metrics
+from server.provisioning import Provisioning
+from server.ratelimit import SendRateLimiter
+from server.settings import Settings
+from storage.database import Database
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    sink: EventSink
+    messaging: Messaging
+    provisioning: Provisioning
+    metrics: Metrics
+    send_limiter: SendRateLimiter
+    extras: dict[str, Any]
+
+
+def services(conn: HTTPConnection) -> Services:
+    found: Services = conn.app.state.services
+    return found

@@ -1,0 +1,115 @@
+"""Settings, read once from the environment into a typed object."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from storage.database import default_sqlite_url
+
+
+class ConfigError(ValueError):
+    """A configuration variable is missing or malformed."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}.") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}.")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {raw!r}.") from None
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative.")
+    return value
+
+
+def _origins(raw: str) -> frozenset[str]:
+    origins = set()
+    for item in raw.split(","):
+        item = item.strip().rstrip("/")
+        if not item:
+            continue
+        parts = urlsplit(item)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+            raise ConfigError(
+                f"AM_ALLOWED_ORIGINS holds {item!r}, which is not an origin like https://ats.example.com."
+            )
+        origins.add(f"{parts.scheme}://{parts.netloc}".lower())
+    return frozenset(origins)
+
+
+@dataclass(frozen=True)
+class Settings:
+    secret: str
+    service_token: str
+    database_url: str = field(default_factory=default_sqlite_url)
+    broker_url: str = "memory://"
+    smtp_url: str | None = None
+    email_delay_seconds: float = 120.0
+    allowed_origins: frozenset[str] = frozenset()
+    public_url: str = "http://localhost:8000"
+    send_rate_per_minute: int = 120
+    max_connections_per_user: int = 20
+    event_retention_days: int = 7
+    var_dir: Path = Path("var")
+    web_dir: Path = Path(__file__).resolve().parent.parent / "web"
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.var_dir / "mail"
+
+    @property
+    def database_is_default(self) -> bool:
+        return self.database_url == default_sqlite_url(self.var_dir)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        secret = env.get("AM_SECRET", "")
+        service_token = env.get("AM_SERVICE_TOKEN", "")
+        if len(secret) < 16:
+            raise ConfigError("AM_SECRET must be set to a key of at least 16 characters.")
+        if len(service_token) < 16:
+            raise ConfigError("AM_SERVICE_TOKEN must be set to a token of at least 16 characters.")
+        var_dir = Path(env.get("AM_VAR_DIR", "var"))
+        broker_url = env.get("AM_BROKER_URL", "") or "memory://"
+        if urlsplit(broker_url).scheme not in ("memory", "redis", "rediss"):
+            raise ConfigError(
+                f"AM_BROKER_URL must start with memory:// or redis://, not {broker_url!r}."
+            )
+        smtp_url = env.get("AM_SMTP_URL", "") or None
+        if smtp_url and urlsplit(smtp_url).scheme not in ("smtp", "smtps"):
+            raise ConfigError("AM_SMTP_URL must start with smtp:// or smtps://.")
+        public_url = (env.get("AM_PUBLIC_URL", "") or "http://localhost:8000").rstrip("/")
+        return cls(
+            secret=secret,
+            service_token=service_token,
+            database_url=env.get("AM_DATABASE_URL", "") or default_sqlite_url(var_dir),
+            broker_url=broker_url,
+            smtp_url=smtp_url,
+            email_delay_seconds=_float(env, "AM_EMAIL_DELAY_SECONDS", 120.0),
+            allowed_origins=_origins(env.get("AM_ALLOWED_ORIGINS", "")),
+            public_url=public_url,
+            send_rate_per_minute=_int(env, "AM_SEND_RATE_PER_MINUTE", 120),
+            max_connections_per_user=_int(env, "AM_MAX_CONNECTIONS_PER_USER", 20),
+            event_retention_days=_int(env, "AM_EVENT_RETENTION_DAYS", 7, minimum=1),
+            var_dir=var_dir,
+        )

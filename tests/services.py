@@ -1,0 +1,130 @@
+"""Real backing services for the tests: a throwaway PostgreSQL cluster (and, later, Redis).
+
+Each is started on a free loopback port in a private directory and stopped at the end of the
+session. PostgreSQL refuses to run as root, so as root the cluster runs as `postgres`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if found:
+        return found[-1]
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(
+            f"PostgreSQL's {name} is not installed: run `make test`, which installs it."
+        )
+    return path
+
+
+@dataclass
+class PostgresServer:
+    directory: Path
+    port: int
+    run_as: str | None
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.directory / "sock"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = list(args)
+        if self.run_as:
+            cmd = ["runuser", "-u", self.run_as, "--", *cmd]
+        return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=120)
+
+    @classmethod
+    def start(cls) -> PostgresServer:
+        directory = Path(tempfile.mkdtemp(prefix="am-pg-"))
+        run_as = "postgres" if os.geteuid() == 0 else None
+        server = cls(directory, free_port(), run_as)
+        server.socket_dir.mkdir()
+        if run_as:
+            entry = pwd.getpwnam(run_as)
+            for path in (directory, server.socket_dir):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        data = directory / "data"
+        server._run(
+            _pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"
+        )
+        options = (
+            f"-p {server.port} -k {server.socket_dir} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        server._run(
+            _pg_bin("pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            options,
+            "-l",
+            str(directory / "log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+        return server
+
+    def create_database(self, name: str) -> None:
+        self._run(
+            _pg_bin("psql"),
+            "-h",
+            str(self.socket_dir),
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-c",
+            f'CREATE DATABASE "{name}"',
+        )
+
+    def restart(self) -> None:
+        self._run(
+            _pg_bin("pg_ctl"), "-D", str(self.directory / "data"), "-w", "-m", "fast", "restart"
+        )
+
+    def stop(self) -> None:
+        self._run(
+            _pg_bin("pg_ctl"),
+            "-D",
+            str(self.directory / "data"),
+            "-m",
+            "immediate",
+            "stop",
+            check=False,
+        )
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"Nothing listens on port {port} after {timeout} seconds.")
