@@ -125,7 +125,6 @@ class Messaging:
     async def _send(
         self, who: Principal, thread_id: int, body: str, client_id: str | None
     ) -> tuple[Json, bool]:
-        events: list[DomainEvent] = []
         async with self.db.write() as session:
             thread, candidate, access = await self._locked_thread(session, who, thread_id)
             rules.check_post(who.actor, access, facts.thread_ref(thread))
@@ -155,23 +154,8 @@ class Messaging:
             )
             row = (await messages_by_id(session, [message.id]))[message.id]
             payload = row.to_json()
-            ref = facts.thread_ref(thread)
-            events.append(
-                CandidateEvent(
-                    "message.created",
-                    candidate.org_pk,
-                    candidate.pk,
-                    candidate.ext_id,
-                    seq,
-                    ref,
-                    message.id,
-                    payload,
-                    who.actor.pk,
-                )
-            )
-            readers = rules.thread_viewers(access, ref) - {who.actor.pk}
-            events.append(
-                UnreadTouched(candidate.org_pk, candidate.pk, candidate.ext_id, thread.id, readers)
+            events = _thread_events(
+                "message.created", candidate, seq, access, thread, message.id, payload, who.actor.pk
             )
         await self.sink.publish(events)
         return payload, True
@@ -194,7 +178,6 @@ class Messaging:
 
     async def delete(self, who: Principal, message_id: int) -> None:
         """Erases a message's text and leaves a tombstone. Deleting a tombstone is a no-op."""
-        events: list[DomainEvent] = []
         async with self.db.write() as session:
             message = await session.get(Message, message_id)
             if message is None:
@@ -202,8 +185,7 @@ class Messaging:
             thread, candidate, access = await self._locked_thread(
                 session, who, message.thread_id, missing="No such message."
             )
-            ref = facts.thread_ref(thread)
-            rules.check_delete(who.actor, access, ref, message.author_pk)
+            rules.check_delete(who.actor, access, facts.thread_ref(thread), message.author_pk)
             if message.deleted:
                 return
             message.deleted = True
@@ -211,22 +193,8 @@ class Messaging:
             seq = await self._append_event(
                 session, candidate, "message.deleted", thread, message.id
             )
-            events.append(
-                CandidateEvent(
-                    "message.deleted",
-                    candidate.org_pk,
-                    candidate.pk,
-                    candidate.ext_id,
-                    seq,
-                    ref,
-                    message.id,
-                    None,
-                    who.actor.pk,
-                )
-            )
-            readers = rules.thread_viewers(access, ref) - {who.actor.pk}
-            events.append(
-                UnreadTouched(candidate.org_pk, candidate.pk, candidate.ext_id, thread.id, readers)
+            events = _thread_events(
+                "message.deleted", candidate, seq, access, thread, message.id, None, who.actor.pk
             )
         await self.sink.publish(events)
 
@@ -319,3 +287,34 @@ class Messaging:
             )
         )
         return seq
+
+
+def _thread_events(
+    kind: str,
+    candidate: Candidate,
+    seq: int,
+    access: rules.CandidateAccess,
+    thread: Thread,
+    message_id: int,
+    payload: Json | None,
+    author_pk: int,
+) -> list[DomainEvent]:
+    """The candidate event of a message change, and the unread counts it touches."""
+    ref = facts.thread_ref(thread)
+    audience = rules.thread_viewers(access, ref)
+    event = CandidateEvent(
+        type=kind,
+        org_pk=candidate.org_pk,
+        candidate_pk=candidate.pk,
+        candidate_id=candidate.ext_id,
+        seq=seq,
+        thread=ref,
+        message_id=message_id,
+        audience=audience,
+        message=payload,
+        author_pk=author_pk,
+    )
+    touched = UnreadTouched(
+        candidate.org_pk, candidate.pk, candidate.ext_id, thread.id, audience - {author_pk}
+    )
+    return [event, touched]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -12,16 +13,21 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from server import api, api_provisioning, health, openapi, pages
+from channels.broker import create_broker
+from channels.connection import ConnectionLimits
+from channels.hub import Hub
+from channels.presence import create_presence
+from server import api, api_provisioning, health, openapi, pages, ws
 from server.actions import Messaging
 from server.errors import AppError
-from server.events import DiscardingSink
+from server.eventlog import SqlEventSource, prune_events
+from server.fanout import BrokerSink
 from server.http import error_response
 from server.metrics import Metrics
 from server.middleware import RequestMiddleware
 from server.provisioning import Provisioning
 from server.ratelimit import SendRateLimiter
-from server.services import Services
+from server.services import Realtime, Services
 from server.settings import Settings
 from storage import migrate
 from storage.database import Database
@@ -54,15 +60,43 @@ async def prepare_schema(db: Database, settings: Settings, auto_migrate: bool | 
         await migrate.check_up_to_date(db)
 
 
-def create_app(settings: Settings, *, auto_migrate: bool | None = None) -> Starlette:
+PRUNE_EVERY_SECONDS = 3600.0
+
+
+async def _prune_forever(db: Database, settings: Settings) -> None:
+    while True:
+        try:
+            removed = await prune_events(db, settings.event_retention_days)
+            if removed:
+                log.info(
+                    "Pruned %d events older than %d days.", removed, settings.event_retention_days
+                )
+        except Exception:
+            log.warning("Pruning the event log failed; retrying in an hour.")
+        await asyncio.sleep(PRUNE_EVERY_SECONDS)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    auto_migrate: bool | None = None,
+    limits: ConnectionLimits | None = None,
+) -> Starlette:
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        db = Database(settings.database_url)
-        try:
+        async with AsyncExitStack() as stack:
+            db = Database(settings.database_url)
+            stack.push_async_callback(db.close)
             await prepare_schema(db, settings, auto_migrate)
-            sink = DiscardingSink()
+            broker = create_broker(settings.broker_url)
+            presence = create_presence(settings.broker_url)
+            hub = Hub(broker, presence, SqlEventSource(db))
+            hub.on_event_dispatched = lambda n: metrics.ws_events.labels("candidate").inc(n)
+            await hub.start()
+            stack.push_async_callback(hub.close)
+            sink = BrokerSink(broker)
             app.state.services = Services(
                 settings=settings,
                 db=db,
@@ -71,17 +105,19 @@ def create_app(settings: Settings, *, auto_migrate: bool | None = None) -> Starl
                 provisioning=Provisioning(db, sink),
                 metrics=metrics,
                 send_limiter=SendRateLimiter(settings.send_rate_per_minute),
-                extras={},
+                realtime=Realtime(hub, broker, presence, limits or ConnectionLimits()),
+                extras={"readiness": {"broker": broker.ping}},
             )
+            pruner = asyncio.create_task(_prune_forever(db, settings), name="event-pruner")
+            stack.callback(pruner.cancel)
             yield
-        finally:
-            await db.close()
 
     routes = [
         *health.routes,
         *openapi.routes,
         *api.routes,
         *api_provisioning.routes,
+        *ws.routes,
         *pages.routes(settings.web_dir),
     ]
     return Starlette(

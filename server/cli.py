@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,9 +72,16 @@ def _serve(settings: Settings, host: str, port: int) -> int:
         access_log=False,  # our own access log leaves out query strings and tokens
         proxy_headers=True,
         log_config=None,
-        ws_max_size=64 * 1024,
+        ws_max_size=64 * 1024,  # larger frames close the socket with 1009
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
         timeout_graceful_shutdown=10,
     )
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT (sockets closed with 1012, requests
+    # in flight finished), then re-raises the signal to the handler that was there before.
+    # This one makes that graceful stop an ordinary exit with status 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     uvicorn.Server(config).run()
     return 0
 

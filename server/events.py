@@ -24,6 +24,7 @@ class CandidateEvent:
     seq: int
     thread: ThreadRef
     message_id: int
+    audience: frozenset[int]  # who sees the thread at commit time
     message: dict[str, Any] | None = None  # the Message JSON, for message.created
     author_pk: int | None = None
 

@@ -36,9 +36,9 @@ def error_response(error: AppError) -> JSONResponse:
     return JSONResponse(error.to_json(), status_code=error.status, headers=headers)
 
 
-def describe_validation(error: ValidationError) -> str:
+def describe_validation(error: ValidationError, whole: str = "body") -> str:
     first = error.errors(include_url=False)[0]
-    where = ".".join(str(p) for p in first["loc"]) or "body"
+    where = ".".join(str(p) for p in first["loc"]) or whole
     return f"{where}: {first['msg']}."
 
 

@@ -88,6 +88,7 @@ CANDIDATE: Schema = _obj(
     agency_users={"type": "array", "items": _ref("User")},
     private_contacts={"type": "array", "items": _ref("User")},
     unread={"type": "integer"},
+    seq={"type": "integer", "description": "The candidate's newest event seq (for /ws resume)."},
 )
 
 ID = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}
@@ -193,7 +194,24 @@ def build_spec() -> Schema:
             "get": _op(
                 "The caller's candidates with unread counts",
                 auth="user",
-                params=[_param("after", "query"), _param("limit", "query", {"type": "integer"})],
+                params=[
+                    _param("after", "query"),
+                    _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 500}),
+                ],
+                ok=(
+                    200,
+                    _obj(
+                        candidates={
+                            "type": "array",
+                            "items": _obj(
+                                id={"type": "string"},
+                                name={"type": "string"},
+                                unread={"type": "integer"},
+                            ),
+                        },
+                        has_more={"type": "boolean"},
+                    ),
+                ),
             )
         },
         "/api/v1/candidates/{cand}": {

@@ -217,3 +217,21 @@ def check_delete(
 
 def check_read(actor: Actor, candidate: CandidateAccess | None, thread: ThreadRef | None) -> None:
     require_thread(actor, candidate, thread)
+
+
+# --- email alerts -------------------------------------------------------------------
+
+
+def alert_recipients(
+    candidate: CandidateAccess, thread: ThreadRef, posters: Iterable[int], author_pk: int
+) -> frozenset[int]:
+    """Who is *involved* in a thread and so may get an email alert about a new message:
+    for an agency thread its agency user, the current coordinator and every member who
+    has posted in it; for a private thread its two people. Never the author, and only
+    those who see the thread now. (Whether they are offline or muted is checked apart.)"""
+    if thread.kind == PRIVATE_THREAD:
+        involved = {thread.agency_user_pk, thread.member_pk}
+    else:
+        involved = {thread.agency_user_pk, candidate.coordinator_pk, *posters}
+    viewers = thread_viewers(candidate, thread)
+    return frozenset(pk for pk in involved if pk is not None and pk != author_pk and pk in viewers)

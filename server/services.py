@@ -7,6 +7,10 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 
+from channels.broker import Broker
+from channels.connection import ConnectionLimits
+from channels.hub import Hub
+from channels.presence import Presence
 from server.actions import Messaging
 from server.events import EventSink
 from server.metrics import Metrics
@@ -14,6 +18,14 @@ from server.provisioning import Provisioning
 from server.ratelimit import SendRateLimiter
 from server.settings import Settings
 from storage.database import Database
+
+
+@dataclass
+class Realtime:
+    hub: Hub
+    broker: Broker
+    presence: Presence
+    limits: ConnectionLimits
 
 
 @dataclass
@@ -25,6 +37,7 @@ class Services:
     provisioning: Provisioning
     metrics: Metrics
     send_limiter: SendRateLimiter
+    realtime: Realtime
     extras: dict[str, Any]
 
 

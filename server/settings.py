@@ -85,8 +85,8 @@ class Settings:
         env = os.environ if env is None else env
         secret = env.get("AM_SECRET", "")
         service_token = env.get("AM_SERVICE_TOKEN", "")
-        if len(secret) < 16:
-            raise ConfigError("AM_SECRET must be set to a key of at least 16 characters.")
+        if len(secret) < 32:
+            raise ConfigError("AM_SECRET must be set to a key of at least 32 characters.")
         if len(service_token) < 16:
             raise ConfigError("AM_SERVICE_TOKEN must be set to a token of at least 16 characters.")
         var_dir = Path(env.get("AM_VAR_DIR", "var"))

@@ -147,7 +147,9 @@ def _unread_columns(user_pk: int) -> tuple[Select[Any], Any, Any]:
     conditions = _unread_conditions(user_pk, marker)
     count = select(func.count()).where(*conditions).correlate(Thread, ReadMarker).scalar_subquery()
     newest = (
-        select(func.max(Message.id))
+        # "+ 0" keeps PostgreSQL from answering max() by walking the primary key backwards
+        # (through every newer message of the table); it uses the thread's index range.
+        select(func.max(Message.id + 0))
         .where(*conditions)
         .correlate(Thread, ReadMarker)
         .scalar_subquery()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +19,11 @@ from sqlalchemy.ext.asyncio import (
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+# These loggers write SQL parameters (message bodies, emails) at DEBUG/INFO: never let a
+# verbose root level turn them on.
+for _name in ("aiosqlite", "sqlalchemy.engine", "sqlalchemy.pool", "asyncpg"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 def default_sqlite_url(var_dir: Path = Path("var")) -> str:
@@ -35,6 +41,8 @@ def _prepare_sqlite_file(url: str) -> None:
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    # Errors must not carry SQL parameters into logs or tracebacks.
+    kwargs.setdefault("hide_parameters", True)
     if not is_sqlite(url):
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 20)

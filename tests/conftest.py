@@ -26,9 +26,10 @@ from server.settings import Settings
 from storage import migrate
 from storage.database import Database
 from storage.models import Base
-from tests.services import PostgresServer
+from tests.realtime import serve
+from tests.services import PostgresServer, RedisServer
 
-SECRET = "test-secret-0123456789abcdef"
+SECRET = "test-secret-0123456789abcdef-0123456789abcdef"
 SERVICE_TOKEN = "test-service-token-0123456789"
 
 
@@ -43,6 +44,15 @@ async def _migrate(url: str) -> None:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     server = PostgresServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer.start()
     try:
         yield server
     finally:
@@ -218,6 +228,13 @@ async def api(app: Starlette) -> AsyncIterator[Api]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         yield Api(client)
+
+
+@pytest.fixture
+async def live(app: Starlette) -> AsyncIterator[str]:
+    """The app served over real HTTP and WebSocket by uvicorn; yields its base URL."""
+    async with serve(app, lifespan="off") as base_url:
+        yield base_url
 
 
 @pytest.fixture

@@ -128,3 +128,120 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"Nothing listens on port {port} after {timeout} seconds.")
+
+
+@dataclass
+class RedisServer:
+    directory: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @classmethod
+    def start(cls, port: int | None = None) -> RedisServer:
+        server = cls(Path(tempfile.mkdtemp(prefix="am-redis-")), port or free_port())
+        server.resume()
+        return server
+
+    def resume(self) -> None:
+        """Starts (or restarts, on the same port) the server."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: run `make test`, which installs it.")
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--protected-mode",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+    def pause(self) -> None:
+        """Stops the server; `resume` brings it back on the same port."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def stop(self) -> None:
+        self.pause()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+VENV_BIN = Path(__file__).resolve().parent.parent / ".venv" / "bin"
+
+
+@dataclass
+class ServerProcess:
+    """A real `agency-messaging serve` process on a free port."""
+
+    env: dict[str, str]
+    port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(cls, env: dict[str, str], workdir: Path, port: int | None = None) -> ServerProcess:
+        server = cls(env, port or free_port(), workdir / f"server-{time.monotonic_ns()}.log")
+        server.launch()
+        return server
+
+    def launch(self) -> None:
+        command = [str(VENV_BIN / "agency-messaging"), "serve", "--port", str(self.port)]
+        full_env = {**os.environ, **self.env}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.log_path.parent,
+            )
+        wait_for_port(self.port, timeout=30)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 30) -> int:
+        """SIGTERM, then wait; returns the exit code."""
+        assert self.process is not None
+        self.process.terminate()
+        code = self.process.wait(timeout=timeout)
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies without closing anything."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.process = None

@@ -1,0 +1,122 @@
+"""One live socket as the hub sees it: who it is and a bounded queue of frames to send.
+
+The queue decouples fan-out from the network: dispatching an event to a thousand sockets is
+a thousand non-blocking puts. A client that stops reading fills its own queue and is closed
+with CLOSE_TOO_SLOW; nobody else waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from channels.hub import Subscription
+
+# Close codes (RFC 6455 ones and this server's own, in the 4000-4999 private range).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_INVALID_UTF8 = 1007
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_SERVICE_RESTART = 1012
+CLOSE_IDLE = 4000
+CLOSE_SESSION_EXPIRED = 4001
+CLOSE_TOO_SLOW = 4008
+CLOSE_TOO_MANY_CONNECTIONS = 4029
+
+_ids = itertools.count(1)
+_process_tag = f"{os.getpid():x}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """Per-connection limits, with safe defaults."""
+
+    max_frame_bytes: int = 64 * 1024
+    send_queue_frames: int = 1024
+    idle_timeout_seconds: float = 120.0
+    replay_put_timeout_seconds: float = 30.0
+
+
+class Connection:
+    def __init__(
+        self,
+        org_pk: int,
+        user_pk: int,
+        kind: str,
+        limits: ConnectionLimits,
+        context: Any = None,
+    ) -> None:
+        self.id = f"{_process_tag}-{next(_ids)}"
+        self.org_pk = org_pk
+        self.user_pk = user_pk
+        self.kind = kind
+        self.limits = limits
+        self.context = context  # the authenticated principal, for the layer above
+        self.subscriptions: dict[int, Subscription] = {}
+        self._queue: deque[str] = deque()
+        self._ready = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self.busy = False  # an op is being carried out for this connection
+        self.closed = asyncio.Event()
+        self.close_code: int | None = None
+        self.close_reason = ""
+
+    @property
+    def user_key(self) -> tuple[int, int]:
+        return (self.org_pk, self.user_pk)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def send(self, frame: str) -> None:
+        """Queues a frame without waiting; a full queue closes this (slow) connection."""
+        if self.close_code is not None:
+            return
+        if len(self._queue) >= self.limits.send_queue_frames:
+            self.close(CLOSE_TOO_SLOW, "The client does not read fast enough; resume to catch up.")
+            return
+        self._queue.append(frame)
+        self._ready.set()
+        if len(self._queue) >= self.limits.send_queue_frames:
+            self._space.clear()
+
+    async def send_wait(self, frame: str) -> None:
+        """Queues a frame, waiting for room (replay paces itself to the client)."""
+        while self.close_code is None and len(self._queue) >= self.limits.send_queue_frames:
+            self._space.clear()
+            try:
+                await asyncio.wait_for(self._space.wait(), self.limits.replay_put_timeout_seconds)
+            except TimeoutError:
+                self.close(
+                    CLOSE_TOO_SLOW, "The client does not read fast enough; resume to catch up."
+                )
+        self.send(frame)
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Asks the writer to close the socket once the frames queued before are sent
+        (a slow client's backlog is dropped: it resumes from its last seq instead)."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+            if code == CLOSE_TOO_SLOW:
+                self._queue.clear()
+            self._ready.set()
+            self._space.set()
+            self.closed.set()
+
+    async def next_frames(self) -> list[str]:
+        """Waits for frames to send; returns [] once closing with nothing left to send."""
+        while not self._queue and self.close_code is None:
+            self._ready.clear()
+            await self._ready.wait()
+        frames = list(self._queue)
+        self._queue.clear()
+        self._space.set()
+        return frames

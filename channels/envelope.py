@@ -1,0 +1,92 @@
+"""What travels through the broker, and the few frames the hub writes itself.
+
+An envelope is one line of JSON header, a newline, then (for events) the client frame as
+it will be sent, encoded once by the publisher and passed through untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+UNREAD_CHANNEL = "am.unread"
+
+
+def candidate_channel(candidate_pk: int) -> str:
+    return f"am.cand.{candidate_pk}"
+
+
+@dataclass(frozen=True, slots=True)
+class EventEnvelope:
+    candidate_pk: int
+    seq: int
+    audience: frozenset[int]
+    frame: str
+
+
+@dataclass(frozen=True, slots=True)
+class RevokedEnvelope:
+    candidate_pk: int
+    user_pks: frozenset[int]
+    erased: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadEnvelope:
+    org_pk: int
+    candidate_pk: int
+    thread_id: int
+    user_pks: frozenset[int]
+
+
+Envelope = EventEnvelope | RevokedEnvelope | UnreadEnvelope
+
+
+def encode(message: Envelope) -> bytes:
+    if isinstance(message, EventEnvelope):
+        header = {
+            "k": "e",
+            "c": message.candidate_pk,
+            "s": message.seq,
+            "a": sorted(message.audience),
+        }
+        return orjson.dumps(header) + b"\n" + message.frame.encode()
+    if isinstance(message, RevokedEnvelope):
+        header = {
+            "k": "r",
+            "c": message.candidate_pk,
+            "u": sorted(message.user_pks),
+            "x": message.erased,
+        }
+        return orjson.dumps(header)
+    header = {
+        "k": "u",
+        "o": message.org_pk,
+        "c": message.candidate_pk,
+        "t": message.thread_id,
+        "u": sorted(message.user_pks),
+    }
+    return orjson.dumps(header)
+
+
+def decode(payload: bytes) -> Envelope | None:
+    head, _, rest = payload.partition(b"\n")
+    try:
+        header = orjson.loads(head)
+        kind = header["k"]
+        if kind == "e":
+            return EventEnvelope(header["c"], header["s"], frozenset(header["a"]), rest.decode())
+        if kind == "r":
+            return RevokedEnvelope(header["c"], frozenset(header["u"]), bool(header["x"]))
+        if kind == "u":
+            return UnreadEnvelope(header["o"], header["c"], header["t"], frozenset(header["u"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        return None
+    return None
+
+
+def unsubscribed_frame(candidate_id: str, reason: str) -> str:
+    return orjson.dumps(
+        {"type": "unsubscribed", "candidate": candidate_id, "reason": reason}
+    ).decode()

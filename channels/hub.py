@@ -1,0 +1,407 @@
+"""The hub: this process's live connections, by candidate and by user.
+
+Events reach the hub from the broker as envelopes (see `channels.envelope`). Per candidate
+the hub keeps the highest seq it has dispatched, so that each local subscriber gets the
+candidate's events exactly once and in seq order:
+
+- an event that arrives ahead of a gap waits while the gap is filled from the event log
+  (two processes may publish adjacent seqs in either order);
+- after the broker link comes back, and on a periodic sweep, every channel is caught up
+  from the event log, so a dead subscription never hides behind a green /readyz;
+- a new subscriber with `after` is replayed from the log while live events are buffered,
+  then switched to live with no gap and no duplicate.
+
+Each event carries its audience (the users who see its thread), computed once by whoever
+wrote it, and its client frame, encoded once: dispatching is a set lookup and a queue put
+per subscriber, with no task and no encoding per recipient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from channels import envelope
+from channels.broker import Broker
+from channels.connection import Connection
+from channels.presence import Presence
+
+log = logging.getLogger("agency_messaging.hub")
+
+GAP_WAIT_SECONDS = 0.05
+SWEEP_SECONDS = 5.0
+PRESENCE_RENEW_SECONDS = 20.0
+UNREAD_COALESCE_SECONDS = 0.02
+REPLAY_BATCH = 500
+RESYNC = (0, 0)  # in a dirty-unread set: send the user's whole unread summary
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    seq: int
+    audience: frozenset[int]
+    frame: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayWindow:
+    first_retained: int | None  # lowest seq still in the log
+    last_seq: int | None  # None: the candidate does not exist (any more)
+
+
+class EventSource(Protocol):
+    """The durable side: the event log and the unread counts, read as they are now."""
+
+    async def last_seqs(self, candidate_pks: list[int]) -> dict[int, int]: ...
+
+    async def window(self, candidate_pk: int) -> ReplayWindow: ...
+
+    async def events_after(
+        self, candidate_pk: int, after: int, limit: int
+    ) -> list[LoggedEvent]: ...
+
+    async def unread_frames(
+        self, connection: Connection, threads: set[tuple[int, int]]
+    ) -> list[str]:
+        """`unread` frames for one user, for (candidate_pk, thread_id) pairs; RESYNC among
+        them adds an `unread.summary` frame with every candidate's count."""
+
+
+@dataclass(eq=False)
+class Subscription:
+    connection: Connection
+    candidate_pk: int
+    candidate_id: str
+    last_seq: int
+    replaying: bool = True
+    buffer: list[tuple[int, str | None]] = field(default_factory=list)
+
+    def deliver(self, seq: int, frame: str | None) -> None:
+        """`frame` is None for an event this user may not see: it only advances the seq."""
+        if self.replaying:
+            self.buffer.append((seq, frame))
+            return
+        if seq <= self.last_seq:
+            return
+        self.last_seq = seq
+        if frame is not None:
+            self.connection.send(frame)
+
+    def go_live(self) -> None:
+        buffered, self.buffer = sorted(self.buffer, key=lambda item: item[0]), []
+        self.replaying = False
+        for seq, frame in buffered:
+            self.deliver(seq, frame)
+
+
+@dataclass(eq=False)
+class CandidateChannel:
+    pk: int
+    seq: int | None = None  # every event up to this seq has been dispatched here
+    pending: dict[int, LoggedEvent] = field(default_factory=dict)
+    subscribers: set[Subscription] = field(default_factory=set)
+    filling: asyncio.Task[None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeResult:
+    seq: int
+    reset: bool
+    replayed: int
+
+
+class Hub:
+    def __init__(self, broker: Broker, presence: Presence, source: EventSource) -> None:
+        self.broker = broker
+        self.presence = presence
+        self.source = source
+        self.channels: dict[int, CandidateChannel] = {}
+        self.users: dict[tuple[int, int], set[Connection]] = defaultdict(set)
+        self._lifecycle = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._dirty_unread: dict[tuple[int, int], set[tuple[int, int]]] = defaultdict(set)
+        self._unread_wakeup = asyncio.Event()
+        self.on_event_dispatched: Callable[[int], None] | None = None
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.presence.start()
+        await self.broker.start(self.on_broker_message, self.on_broker_reconnect)
+        await self.broker.subscribe(envelope.UNREAD_CHANNEL)
+        for name, loop in (
+            ("hub-sweep", self._sweep_loop),
+            ("hub-presence", self._presence_loop),
+            ("hub-unread", self._unread_loop),
+        ):
+            self._tasks.append(asyncio.create_task(loop(), name=name))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for channel in self.channels.values():
+            if channel.filling is not None:
+                channel.filling.cancel()
+        await self.broker.close()
+        await self.presence.close()
+
+    @property
+    def connection_count(self) -> int:
+        return sum(len(c) for c in self.users.values())
+
+    # --- connections ----------------------------------------------------------------
+
+    async def register(self, connection: Connection) -> None:
+        self.users[connection.user_key].add(connection)
+        try:
+            await self.presence.add(connection.user_key, connection.id)
+        except Exception:  # the lease is written again by the next renewal
+            log.warning("Presence is unavailable; this connection is recorded on renewal.")
+
+    async def unregister(self, connection: Connection) -> None:
+        for candidate_pk in list(connection.subscriptions):
+            await self.unsubscribe(connection, candidate_pk)
+        peers = self.users.get(connection.user_key)
+        if peers is not None:
+            peers.discard(connection)
+            if not peers:
+                del self.users[connection.user_key]
+        with contextlib.suppress(Exception):  # presence also expires by itself
+            await self.presence.remove(connection.user_key, connection.id)
+
+    # --- subscriptions --------------------------------------------------------------
+
+    async def subscribe(
+        self, connection: Connection, candidate_pk: int, candidate_id: str, after: int | None
+    ) -> SubscribeResult:
+        if candidate_pk in connection.subscriptions:
+            await self.unsubscribe(connection, candidate_pk)
+        channel = await self._open_channel(candidate_pk)
+        assert channel.seq is not None
+        sub = Subscription(connection, candidate_pk, candidate_id, last_seq=channel.seq)
+        channel.subscribers.add(sub)
+        connection.subscriptions[candidate_pk] = sub
+        try:
+            reset, replayed = await self._replay(sub, after)
+        except BaseException:
+            channel.subscribers.discard(sub)
+            connection.subscriptions.pop(candidate_pk, None)
+            await self._close_channel_if_idle(channel)
+            raise
+        sub.go_live()
+        return SubscribeResult(sub.last_seq, reset, replayed)
+
+    async def _replay(self, sub: Subscription, after: int | None) -> tuple[bool, int]:
+        if after is None:
+            return False, 0
+        window = await self.source.window(sub.candidate_pk)
+        last = window.last_seq or 0
+        complete = after == last or (
+            window.first_retained is not None and window.first_retained <= after + 1
+        )
+        if after > last or not complete:
+            return True, 0
+        sub.last_seq, replayed, cursor = after, 0, after
+        user_pk = sub.connection.user_pk
+        while True:
+            batch = await self.source.events_after(sub.candidate_pk, cursor, REPLAY_BATCH)
+            for event in batch:
+                visible = event.frame if user_pk in event.audience else None
+                sub.last_seq = event.seq
+                if visible is not None:
+                    await sub.connection.send_wait(visible)
+                    replayed += 1
+            if len(batch) < REPLAY_BATCH:
+                return False, replayed
+            cursor = batch[-1].seq
+
+    async def unsubscribe(self, connection: Connection, candidate_pk: int) -> bool:
+        sub = connection.subscriptions.pop(candidate_pk, None)
+        if sub is None:
+            return False
+        channel = self.channels.get(candidate_pk)
+        if channel is not None:
+            channel.subscribers.discard(sub)
+            await self._close_channel_if_idle(channel)
+        return True
+
+    async def _open_channel(self, candidate_pk: int) -> CandidateChannel:
+        async with self._lifecycle:
+            channel = self.channels.get(candidate_pk)
+            if channel is not None and channel.seq is not None:
+                return channel
+            channel = CandidateChannel(candidate_pk)
+            self.channels[candidate_pk] = channel
+            # Subscribe first, then read the last seq: anything published after that read
+            # arrives live; anything before it is in the log.
+            await self.broker.subscribe(envelope.candidate_channel(candidate_pk))
+            seqs = await self.source.last_seqs([candidate_pk])
+            channel.seq = seqs.get(candidate_pk, 0)
+            self._drain(channel)
+            return channel
+
+    async def _close_channel_if_idle(self, channel: CandidateChannel) -> None:
+        async with self._lifecycle:
+            if channel.subscribers or self.channels.get(channel.pk) is not channel:
+                return
+            del self.channels[channel.pk]
+            if channel.filling is not None:
+                channel.filling.cancel()
+            await self.broker.unsubscribe(envelope.candidate_channel(channel.pk))
+
+    # --- events from the broker -----------------------------------------------------
+
+    async def on_broker_message(self, channel_name: str, payload: bytes) -> None:
+        message = envelope.decode(payload)
+        if isinstance(message, envelope.EventEnvelope):
+            self._on_event(
+                message.candidate_pk, LoggedEvent(message.seq, message.audience, message.frame)
+            )
+        elif isinstance(message, envelope.RevokedEnvelope):
+            self._on_revoked(message)
+        elif isinstance(message, envelope.UnreadEnvelope):
+            self._on_unread(message)
+
+    def _on_event(self, candidate_pk: int, event: LoggedEvent) -> None:
+        channel = self.channels.get(candidate_pk)
+        if channel is None:
+            return
+        if channel.seq is not None and event.seq <= channel.seq:
+            return
+        channel.pending[event.seq] = event
+        if channel.seq is None:
+            return  # still opening: drained once its seq is known
+        self._drain(channel)
+        if channel.pending:
+            self._schedule_fill(channel, delay=GAP_WAIT_SECONDS)
+
+    def _drain(self, channel: CandidateChannel) -> None:
+        assert channel.seq is not None
+        for seq in [s for s in channel.pending if s <= channel.seq]:
+            del channel.pending[seq]
+        while (channel.seq + 1) in channel.pending:
+            event = channel.pending.pop(channel.seq + 1)
+            channel.seq = event.seq
+            self._dispatch(channel, event)
+
+    def _dispatch(self, channel: CandidateChannel, event: LoggedEvent) -> None:
+        for sub in list(channel.subscribers):
+            sub.deliver(
+                event.seq, event.frame if sub.connection.user_pk in event.audience else None
+            )
+        if self.on_event_dispatched is not None:
+            self.on_event_dispatched(len(channel.subscribers))
+
+    def _schedule_fill(self, channel: CandidateChannel, delay: float = 0.0) -> None:
+        if channel.filling is None or channel.filling.done():
+            channel.filling = asyncio.create_task(self._fill(channel, delay), name="hub-fill")
+
+    async def _fill(self, channel: CandidateChannel, delay: float) -> None:
+        """Catches a channel up from the event log (a gap, a lost publish, a reconnect)."""
+        if delay:
+            await asyncio.sleep(delay)
+        try:
+            while self.channels.get(channel.pk) is channel and channel.seq is not None:
+                batch = await self.source.events_after(channel.pk, channel.seq, REPLAY_BATCH)
+                for event in batch:
+                    if event.seq > channel.seq:
+                        channel.pending[event.seq] = event
+                self._drain(channel)
+                if len(batch) < REPLAY_BATCH:
+                    break
+        except Exception:
+            log.exception("Catching a channel up from the event log failed; the sweep retries.")
+
+    def _on_revoked(self, message: envelope.RevokedEnvelope) -> None:
+        channel = self.channels.get(message.candidate_pk)
+        if channel is None:
+            return
+        for sub in list(channel.subscribers):
+            if message.erased or sub.connection.user_pk in message.user_pks:
+                channel.subscribers.discard(sub)
+                sub.connection.subscriptions.pop(message.candidate_pk, None)
+                sub.connection.send(envelope.unsubscribed_frame(sub.candidate_id, "access"))
+        if not channel.subscribers:
+            # Not awaited: the broker listener calling us must never wait on the lifecycle lock.
+            task = asyncio.create_task(self._close_channel_if_idle(channel), name="hub-close")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def on_broker_reconnect(self) -> None:
+        for channel in list(self.channels.values()):
+            self._schedule_fill(channel)
+        # Unread events published while the link was down are lost: resend each local
+        # user's whole summary.
+        for user_key in self.users:
+            self._dirty_unread[user_key].add(RESYNC)
+        self._unread_wakeup.set()
+
+    # --- unread ---------------------------------------------------------------------
+
+    def _on_unread(self, message: envelope.UnreadEnvelope) -> None:
+        touched = False
+        for user_pk in message.user_pks:
+            key = (message.org_pk, user_pk)
+            if key in self.users:
+                # thread 0: the user's access changed; send the whole summary.
+                item = (message.candidate_pk, message.thread_id) if message.thread_id else RESYNC
+                self._dirty_unread[key].add(item)
+                touched = True
+        if touched:
+            self._unread_wakeup.set()
+
+    async def _unread_loop(self) -> None:
+        while True:
+            await self._unread_wakeup.wait()
+            await asyncio.sleep(UNREAD_COALESCE_SECONDS)  # one query per user per burst
+            self._unread_wakeup.clear()
+            dirty, self._dirty_unread = self._dirty_unread, defaultdict(set)
+            for user_key, threads in dirty.items():
+                connections = self.users.get(user_key)
+                if not connections:
+                    continue
+                try:
+                    frames = await self.source.unread_frames(next(iter(connections)), threads)
+                except Exception:
+                    log.exception("Unread counts could not be computed; the next change retries.")
+                    continue
+                for connection in list(self.users.get(user_key, ())):
+                    for frame in frames:
+                        connection.send(frame)
+
+    # --- background loops -----------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        """Safety net: a channel whose log moved past what was dispatched is caught up."""
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            try:
+                await self.sweep()
+            except Exception:
+                log.warning("The channel sweep could not read the event log; retrying later.")
+
+    async def sweep(self) -> None:
+        pks = [pk for pk, ch in self.channels.items() if ch.seq is not None]
+        if not pks:
+            return
+        latest = await self.source.last_seqs(pks)
+        for pk in pks:
+            channel = self.channels.get(pk)
+            if channel is not None and channel.seq is not None and latest.get(pk, 0) > channel.seq:
+                self._schedule_fill(channel)
+
+    async def _presence_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PRESENCE_RENEW_SECONDS)
+            leases = [(key, c.id) for key, conns in self.users.items() for c in conns]
+            try:
+                await self.presence.renew(leases)
+            except Exception:
+                log.warning("Presence leases could not be renewed; retrying later.")

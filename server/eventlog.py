@@ -1,0 +1,171 @@
+"""The per-candidate event log as the real-time layer reads it: replay, catch-up, unread
+counts and pruning. Visibility is decided by `server.rules` with access loaded now."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, func, select
+
+from channels.connection import Connection
+from channels.hub import RESYNC, LoggedEvent, ReplayWindow
+from server import facts, rules, views
+from server.facts import Principal
+from storage.database import Database
+from storage.models import Candidate, Event, Message, Thread, User, utcnow
+
+log = logging.getLogger("agency_messaging.eventlog")
+PRUNE_BATCH = 500  # candidates per transaction
+
+
+def candidate_frame(
+    kind: str,
+    candidate_id: str,
+    seq: int,
+    thread_id: int,
+    message_id: int,
+    message: dict[str, Any] | None,
+) -> str:
+    """The client frame of a candidate event: built here for live fan-out and replay alike."""
+    body: dict[str, Any] = {
+        "type": kind,
+        "candidate": candidate_id,
+        "seq": seq,
+        "thread": thread_id,
+    }
+    if kind == "message.created":
+        body["message"] = message
+    else:
+        body["message_id"] = message_id
+    return orjson.dumps(body).decode()
+
+
+def unread_frame(
+    candidate_id: str, thread_id: int, unread: int, candidate_unread: int, total: int
+) -> str:
+    return orjson.dumps(
+        {
+            "type": "unread",
+            "candidate": candidate_id,
+            "thread": thread_id,
+            "unread": unread,
+            "candidate_unread": candidate_unread,
+            "total_unread": total,
+        }
+    ).decode()
+
+
+class SqlEventSource:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def last_seqs(self, candidate_pks: list[int]) -> dict[int, int]:
+        async with self.db.read() as session:
+            rows = await session.execute(
+                select(Candidate.pk, Candidate.last_seq).where(Candidate.pk.in_(candidate_pks))
+            )
+            return {pk: seq for pk, seq in rows}
+
+    async def window(self, candidate_pk: int) -> ReplayWindow:
+        async with self.db.read() as session:
+            last = await session.scalar(
+                select(Candidate.last_seq).where(Candidate.pk == candidate_pk)
+            )
+            first = await session.scalar(
+                select(func.min(Event.seq)).where(Event.candidate_pk == candidate_pk)
+            )
+        return ReplayWindow(first_retained=first, last_seq=last)
+
+    async def events_after(self, candidate_pk: int, after: int, limit: int) -> list[LoggedEvent]:
+        async with self.db.read() as session:
+            candidate = await facts.candidate_row_by_pk(session, candidate_pk)
+            if candidate is None:
+                return []
+            access = await facts.candidate_access(session, candidate)
+            rows = await session.execute(
+                select(Event, Thread, Message, User)
+                .join(Thread, Thread.id == Event.thread_id)
+                .join(Message, Message.id == Event.message_id)
+                .join(User, User.pk == Message.author_pk)
+                .where(Event.candidate_pk == candidate_pk, Event.seq > after)
+                .order_by(Event.seq)
+                .limit(limit)
+            )
+            out = []
+            for event, thread, message, author in rows:
+                ref = facts.thread_ref(thread)
+                payload = views.MessageRow(message, author, candidate.ext_id).to_json()
+                frame = candidate_frame(
+                    event.kind, candidate.ext_id, event.seq, thread.id, message.id, payload
+                )
+                out.append(LoggedEvent(event.seq, rules.thread_viewers(access, ref), frame))
+            return out
+
+    async def unread_frames(
+        self, connection: Connection, threads: set[tuple[int, int]]
+    ) -> list[str]:
+        who: Principal = connection.context
+        async with self.db.read() as session:
+            unread = await views.unread_threads(session, who.actor)
+            wanted_pks = {pk for pk, _ in threads if pk} | {u.candidate_pk for u in unread}
+            ids = dict(
+                (
+                    await session.execute(
+                        select(Candidate.pk, Candidate.ext_id).where(Candidate.pk.in_(wanted_pks))
+                    )
+                ).all()
+            )
+        by_thread = {u.thread_id: u.unread for u in unread}
+        by_candidate: dict[int, int] = {}
+        for u in unread:
+            by_candidate[u.candidate_pk] = by_candidate.get(u.candidate_pk, 0) + u.unread
+        total = sum(by_candidate.values())
+        frames = [
+            unread_frame(
+                ids[candidate_pk],
+                thread_id,
+                by_thread.get(thread_id, 0),
+                by_candidate.get(candidate_pk, 0),
+                total,
+            )
+            for candidate_pk, thread_id in sorted(threads)
+            if (candidate_pk, thread_id) != RESYNC and candidate_pk in ids
+        ]
+        if RESYNC in threads:
+            summary = [
+                {"candidate": ids[pk], "unread": n}
+                for pk, n in sorted(by_candidate.items())
+                if pk in ids
+            ]
+            frames.append(
+                orjson.dumps(
+                    {"type": "unread.summary", "candidates": summary, "total_unread": total}
+                ).decode()
+            )
+        return frames
+
+
+async def prune_events(db: Database, retention_days: int) -> int:
+    """Deletes events older than the retention: per candidate, one range delete on the
+    primary key (seqs grow with time), a bounded number of candidates per transaction."""
+    cutoff = utcnow() - timedelta(days=retention_days)
+    removed = 0
+    async with db.read() as session:
+        ranges = (
+            await session.execute(
+                select(Event.candidate_pk, func.max(Event.seq))
+                .where(Event.created_at < cutoff)
+                .group_by(Event.candidate_pk)
+            )
+        ).all()
+    for start in range(0, len(ranges), PRUNE_BATCH):
+        async with db.write() as session:
+            for candidate_pk, max_seq in ranges[start : start + PRUNE_BATCH]:
+                result = await session.execute(
+                    delete(Event).where(Event.candidate_pk == candidate_pk, Event.seq <= max_seq)
+                )
+                removed += result.rowcount or 0  # type: ignore[attr-defined]
+    return removed

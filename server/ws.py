@@ -1,0 +1,309 @@
+"""The WebSocket endpoint `/ws`: handshake checks, frame validation and the ops.
+
+Every op goes through the same rules and actions as REST. Frames are answered in order
+with `ack` or `error` (echoing `ref`); a bad frame gets an error and the socket lives on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from channels.connection import (
+    CLOSE_IDLE,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_SESSION_EXPIRED,
+    CLOSE_TOO_BIG,
+    CLOSE_TOO_MANY_CONNECTIONS,
+    Connection,
+)
+from server import facts, rules
+from server.auth import SESSION_COOKIE, authenticate_token, bearer_token
+from server.errors import AppError, InvalidInput, NotFound, RateLimited, Unavailable
+from server.facts import Principal
+from server.http import describe_validation
+from server.middleware import UNAVAILABLE_ERRORS
+from server.origins import origin_allowed
+from server.schemas import Body, ClientId, HostId, MessageId
+from server.services import Realtime, Services, services
+
+log = logging.getLogger("agency_messaging.ws")
+
+CLIENT_GONE_CODE = 1006  # the client closed or vanished: nothing to send a close frame to
+CLIENT_GONE = frozenset({CLIENT_GONE_CODE})
+IN_FLIGHT_GRACE_SECONDS = 10.0
+CLOSE_GRACE_SECONDS = 2.0
+
+Ref = Annotated[StrictStr, Field(max_length=128)] | StrictInt | None
+
+
+class Frame(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    ref: Ref = None
+
+
+class Subscribe(Frame):
+    op: Literal["subscribe"]
+    candidate: HostId
+    after: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] | None = None
+
+
+class Unsubscribe(Frame):
+    op: Literal["unsubscribe"]
+    candidate: HostId
+
+
+class Send(Frame):
+    op: Literal["send"]
+    thread: MessageId
+    body: Body
+    client_id: ClientId | None = None
+
+
+class Read(Frame):
+    op: Literal["read"]
+    thread: MessageId
+    message_id: MessageId
+
+
+class Delete(Frame):
+    op: Literal["delete"]
+    message: MessageId
+
+
+class Ping(Frame):
+    op: Literal["ping"]
+
+
+ClientFrame = Annotated[
+    Subscribe | Unsubscribe | Send | Read | Delete | Ping, Field(discriminator="op")
+]
+_frames: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
+
+
+def _dumps(body: dict[str, Any]) -> str:
+    return orjson.dumps(body).decode()
+
+
+def _error(ref: Any, error: AppError) -> str:
+    return _dumps({"type": "error", "ref": ref, "code": error.code, "message": error.message})
+
+
+def _ack(ref: Any, **fields: Any) -> str:
+    return _dumps({"type": "ack", "ref": ref, **fields})
+
+
+# --- handshake ----------------------------------------------------------------------------
+
+
+async def _authenticate(ws: WebSocket, s: Services) -> tuple[Principal, int] | None:
+    """The principal and token expiry, or None when the handshake must be refused."""
+    origin = ws.headers.get("origin")
+    if origin is not None and not origin_allowed(
+        origin,
+        scheme=ws.url.scheme,
+        host=ws.headers.get("host"),
+        allowed=s.settings.allowed_origins,
+        public_url=s.settings.public_url,
+    ):
+        return None
+    try:
+        token = bearer_token(ws.headers) or ws.cookies.get(SESSION_COOKIE)
+        if token is None:
+            return None
+        return await authenticate_token(s.db, s.settings.secret, token)
+    except AppError:
+        return None
+
+
+async def websocket_endpoint(ws: WebSocket) -> None:
+    s = services(ws)
+    try:
+        found = await _authenticate(ws, s)
+    except UNAVAILABLE_ERRORS:
+        found = None
+    if found is None:
+        await ws.close(code=1008)  # before accept: the server answers the handshake with 403
+        return
+    who, expires_at = found
+    realtime = s.realtime
+    limit = s.settings.max_connections_per_user
+    await ws.accept()
+    if limit and await _open_connections(realtime, who) >= limit:
+        await ws.send_text(_error(None, RateLimited("Too many open connections for this user.", 0)))
+        await ws.close(CLOSE_TOO_MANY_CONNECTIONS, "Too many open connections.")
+        return
+    conn = Connection(who.actor.org_pk, who.actor.pk, who.kind, realtime.limits, context=who)
+    await realtime.hub.register(conn)
+    s.metrics.ws_connections.inc()
+    expiry = asyncio.get_running_loop().call_later(
+        max(0.0, expires_at - time.time()),
+        conn.close,
+        CLOSE_SESSION_EXPIRED,
+        "The session has expired; sign in again.",
+    )
+    reader = asyncio.create_task(_reader(ws, conn, s), name="ws-reader")
+    writer = asyncio.create_task(_writer(ws, conn), name="ws-writer")
+    closed = asyncio.create_task(conn.closed.wait(), name="ws-closed")
+    try:
+        await asyncio.wait({reader, writer, closed}, return_when=asyncio.FIRST_COMPLETED)
+        if conn.close_code is None:
+            conn.close(1000)
+        # The writer flushes what was queued before the close and sends the close frame;
+        # a writer stuck on a client that stopped reading is given up on after a grace.
+        await asyncio.wait({writer}, timeout=CLOSE_GRACE_SECONDS)
+    finally:
+        closed.cancel()
+        expiry.cancel()
+        if conn.busy:
+            # An op in flight (a send, say) finishes even though the socket is gone, as
+            # on shutdown: the client resumes and finds it, or retries with its client_id.
+            await asyncio.wait({reader}, timeout=IN_FLIGHT_GRACE_SECONDS)
+        for task in (reader, writer):
+            task.cancel()
+        await asyncio.gather(reader, writer, return_exceptions=True)
+        await realtime.hub.unregister(conn)
+        s.metrics.ws_connections.dec()
+        s.metrics.ws_closed.labels(str(conn.close_code)).inc()
+
+
+async def _open_connections(realtime: Realtime, who: Principal) -> int:
+    """The user's open sockets on every process; 0 (no limit) while presence is down,
+    because refusing everybody during a Redis outage would be worse than the limit."""
+    try:
+        return await realtime.presence.count(who.key)
+    except Exception:
+        log.warning("Presence is unavailable; the connection limit is not enforced meanwhile.")
+        return 0
+
+
+async def _writer(ws: WebSocket, conn: Connection) -> None:
+    """Sends queued frames; closes the socket once the connection is closed."""
+    try:
+        while True:
+            frames = await conn.next_frames()
+            if not frames and conn.close_code is not None:
+                break
+            for frame in frames:
+                await ws.send_text(frame)
+        if conn.close_code not in CLIENT_GONE:
+            await ws.close(conn.close_code or 1000, conn.close_reason[:120])
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        conn.close(1006)
+
+
+async def _reader(ws: WebSocket, conn: Connection, s: Services) -> None:
+    while conn.close_code is None:
+        try:
+            async with asyncio.timeout(conn.limits.idle_timeout_seconds):
+                message = await ws.receive()
+        except TimeoutError:
+            conn.close(CLOSE_IDLE, "No frame within the idle timeout.")
+            return
+        if message["type"] == "websocket.disconnect":
+            conn.close(CLIENT_GONE_CODE)
+            return
+        text = message.get("text")
+        if text is None:
+            conn.send(_error(None, InvalidInput("Frames must be JSON text, not binary.")))
+            continue
+        if (
+            len(text) > conn.limits.max_frame_bytes
+            or len(text.encode()) > conn.limits.max_frame_bytes
+        ):
+            conn.close(CLOSE_TOO_BIG, "The frame is over 64 KiB.")
+            return
+        conn.busy = True
+        try:
+            await _handle(text, conn, s)
+        finally:
+            conn.busy = False
+
+
+async def _handle(text: str, conn: Connection, s: Services) -> None:
+    ref: Any = None
+    try:
+        raw = orjson.loads(text)
+        if not isinstance(raw, dict):
+            raise InvalidInput("A frame must be a JSON object with an op.")
+        ref = _ref(raw.get("ref"))
+        try:
+            frame = _frames.validate_python(raw)
+        except ValidationError as error:
+            raise InvalidInput(describe_validation(error, whole="frame")) from None
+        conn.send(await _apply(frame, conn, s))
+    except orjson.JSONDecodeError:
+        conn.send(_error(None, InvalidInput("The frame is not valid JSON.")))
+    except AppError as error:
+        conn.send(_error(ref, error))
+    except UNAVAILABLE_ERRORS:
+        conn.send(_error(ref, Unavailable("A backing service is unavailable; try again shortly.")))
+    except Exception:
+        log.exception("An op failed unexpectedly.")
+        conn.send(_error(ref, AppError("The server failed to carry out this op.")))
+        conn.close(CLOSE_INTERNAL_ERROR, "Internal error.")
+
+
+def _ref(value: Any) -> Any:
+    """The client's ref if it is one that can be echoed (a short string or an integer)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) or (isinstance(value, str) and len(value) <= 128):
+        return value
+    return None
+
+
+async def _apply(frame: ClientFrame, conn: Connection, s: Services) -> str:
+    who: Principal = conn.context
+    if isinstance(frame, Ping):
+        return _dumps({"type": "pong", "ref": frame.ref})
+    if isinstance(frame, Subscribe):
+        candidate_pk = await _visible_candidate_pk(s, who, frame.candidate)
+        result = await s.realtime.hub.subscribe(conn, candidate_pk, frame.candidate, frame.after)
+        return _ack(frame.ref, candidate=frame.candidate, seq=result.seq, reset=result.reset)
+    if isinstance(frame, Unsubscribe):
+        async with s.db.read() as session:
+            candidate = await facts.candidate_row(session, who.actor.org_pk, frame.candidate)
+        if candidate is not None:
+            await s.realtime.hub.unsubscribe(conn, candidate.pk)
+        return _ack(frame.ref, candidate=frame.candidate)
+    if isinstance(frame, Send):
+        s.send_limiter.take(who.key)
+        message, created = await s.messaging.send(who, frame.thread, frame.body, frame.client_id)
+        if created:
+            s.metrics.messages_sent.labels("ws").inc()
+        return _ack(frame.ref, message=message)
+    if isinstance(frame, Read):
+        unread = await s.messaging.mark_read(who, frame.thread, frame.message_id)
+        return _ack(frame.ref, unread=unread)
+    assert isinstance(frame, Delete)
+    await s.messaging.delete(who, frame.message)
+    s.metrics.messages_deleted.inc()
+    return _ack(frame.ref, message_id=frame.message)
+
+
+async def _visible_candidate_pk(s: Services, who: Principal, candidate_id: str) -> int:
+    async with s.db.read() as session:
+        candidate = await facts.candidate_row(session, who.actor.org_pk, candidate_id)
+        access = await facts.candidate_access(session, candidate) if candidate else None
+    if access is None or not rules.can_see_candidate(who.actor, access):
+        raise NotFound("No such candidate.")
+    return access.pk
+
+
+routes = [WebSocketRoute("/ws", websocket_endpoint)]

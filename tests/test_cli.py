@@ -1,0 +1,232 @@
+"""The `agency-messaging` command as an operator runs it: migrate, serve, demo."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import sqlite3
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+from storage import migrate
+from storage.database import default_sqlite_url
+from tests.services import PostgresServer, free_port
+
+COMMAND = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "agency-messaging")
+HEAD = migrate.head_revision(default_sqlite_url())
+SECRET = secrets.token_urlsafe(32)
+SERVICE_TOKEN = secrets.token_urlsafe(32)
+LINK = re.compile(r"\S+/login#token=([A-Za-z0-9_.-]+)\S*")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without any AM_* setting, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AM_")}
+    env.update(extra)
+    return env
+
+
+def run(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [COMMAND, *args],
+        cwd=cwd,
+        env=clean_env() if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def sqlite_scalar(path: Path, query: str) -> object:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(query).fetchone()[0]
+
+
+def demo_tokens(stdout: str) -> list[str]:
+    return LINK.findall(stdout)
+
+
+@pytest.fixture
+def demo_dir(tmp_path: Path) -> Path:
+    """A directory where `agency-messaging demo` has run once."""
+    result = run(tmp_path, "demo")
+    assert result.returncode == 0, result.stderr
+    (tmp_path / "demo.out").write_text(result.stdout)
+    return tmp_path
+
+
+# --- migrate ----------------------------------------------------------------------------
+
+
+def test_migrate_creates_the_default_sqlite_database_at_head(tmp_path: Path) -> None:
+    result = run(tmp_path, "migrate")
+    assert result.returncode == 0, result.stderr
+    database = tmp_path / "var" / "agency-messaging.db"
+    assert database.is_file()
+    assert HEAD is not None
+    assert sqlite_scalar(database, "SELECT version_num FROM alembic_version") == HEAD
+    tables = {
+        row[0]
+        for row in sqlite3.connect(database).execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'"
+        )
+    }
+    assert {"messages", "threads", "candidates", "events", "read_markers"} <= tables
+    # Again: a no-op that still succeeds.
+    again = run(tmp_path, "migrate")
+    assert again.returncode == 0, again.stderr
+    assert sqlite_scalar(database, "SELECT version_num FROM alembic_version") == HEAD
+
+
+# --- serve refuses to start -------------------------------------------------------------
+
+
+def test_serve_refuses_an_unmigrated_postgres_database(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    name = f"am_cli_{uuid.uuid4().hex[:12]}"
+    postgres.create_database(name)
+    port = free_port()
+    env = clean_env(
+        AM_DATABASE_URL=postgres.url(name), AM_SECRET=SECRET, AM_SERVICE_TOKEN=SERVICE_TOKEN
+    )
+    # A server that started serving would never exit: the timeout would fail the test.
+    result = run(tmp_path, "serve", "--port", str(port), env=env, timeout=30)
+    assert result.returncode != 0
+    assert "agency-messaging migrate" in result.stderr
+    assert "Traceback" not in result.stderr
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+
+
+@pytest.mark.parametrize("secret", [None, "short"])
+def test_serve_without_a_secret_is_a_configuration_error(
+    tmp_path: Path, secret: str | None
+) -> None:
+    env = clean_env(AM_SERVICE_TOKEN=SERVICE_TOKEN)
+    if secret is not None:
+        env["AM_SECRET"] = secret
+    result = run(tmp_path, "serve", "--port", str(free_port()), env=env, timeout=30)
+    assert result.returncode != 0
+    assert "AM_SECRET" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "var" / "demo.env").exists()
+
+
+# --- demo -------------------------------------------------------------------------------
+
+
+def test_demo_provisions_users_and_prints_login_links_idempotently(demo_dir: Path) -> None:
+    env_file = demo_dir / "var" / "demo.env"
+    assert env_file.is_file()
+    settings = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    assert len(settings.get("AM_SECRET", "")) >= 16
+    assert len(settings.get("AM_SERVICE_TOKEN", "")) >= 16
+
+    output = (demo_dir / "demo.out").read_text()
+    tokens = demo_tokens(output)
+    assert len(tokens) >= 5, output
+    database = demo_dir / "var" / "agency-messaging.db"
+    kinds = []
+    for token in tokens:
+        claims = jwt.decode(token, settings["AM_SECRET"], algorithms=["HS256"])
+        with sqlite3.connect(database) as conn:
+            row = conn.execute(
+                "SELECT users.kind FROM users JOIN orgs ON orgs.pk = users.org_pk "
+                "WHERE orgs.ext_id = ? AND users.ext_id = ?",
+                (claims["org"], claims["sub"]),
+            ).fetchone()
+        assert row is not None, f"login link for an unprovisioned user: {claims}"
+        kinds.append(row[0])
+    assert kinds.count("member") >= 3
+    assert kinds.count("agency") >= 2
+
+    messages = sqlite_scalar(database, "SELECT count(*) FROM messages")
+    threads = sqlite_scalar(database, "SELECT count(*) FROM threads")
+    assert isinstance(messages, int) and messages > 0
+
+    again = run(demo_dir, "demo")
+    assert again.returncode == 0, again.stderr
+    assert len(demo_tokens(again.stdout)) == len(tokens)
+    assert sqlite_scalar(database, "SELECT count(*) FROM messages") == messages
+    assert sqlite_scalar(database, "SELECT count(*) FROM threads") == threads
+    # The secrets are made once and kept.
+    assert (
+        dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+        == settings
+    )
+
+
+# --- serve the demo ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def served_demo(demo_dir: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    port = free_port()
+    log = (demo_dir / "serve.log").open("w")
+    process = subprocess.Popen(
+        [COMMAND, "serve", "--port", str(port)],
+        cwd=demo_dir,
+        env=clean_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        yield process, port
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+
+
+def test_serve_runs_the_demo_and_stops_cleanly_on_sigterm(
+    demo_dir: Path, served_demo: tuple[subprocess.Popen[str], int]
+) -> None:
+    process, port = served_demo
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        assert process.poll() is None, (demo_dir / "serve.log").read_text()
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "no /healthz 200 within 20 s"
+        time.sleep(0.1)
+
+    token = demo_tokens((demo_dir / "demo.out").read_text())[0]
+    with httpx.Client(base_url=base, timeout=5) as client:
+        session = client.post("/api/v1/session", json={"token": token})
+        assert session.status_code == 200, session.text
+        cookie = session.headers.get("set-cookie", "")
+        assert "httponly" in cookie.lower()
+        assert client.cookies, "no session cookie was set"
+        me = client.get("/api/v1/me")  # the cookie alone, no bearer header
+        assert me.status_code == 200, me.text
+        claims = jwt.decode(token, options={"verify_signature": False})
+        assert me.json()["id"] == claims["sub"]
+        assert me.json()["org"] == claims["org"]
+    assert httpx.get(f"{base}/api/v1/me", timeout=5).status_code == 401
+
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=15)
+    log = (demo_dir / "serve.log").read_text()
+    # uvicorn shuts down gracefully, then re-raises the signal it caught so that a
+    # supervisor sees "terminated by SIGTERM": either exit status is a clean stop.
+    assert code in (0, -signal.SIGTERM), log
+    assert "Traceback" not in log, log
+    assert "Application shutdown complete" in log, log
