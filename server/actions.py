@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mailer.outbox import AlertScheduler
 from server import facts, rules
 from server.errors import InvalidInput, NotFound
 from server.events import CandidateEvent, DomainEvent, EventSink, UnreadTouched
@@ -33,9 +34,10 @@ class OpenThreadRequest:
 
 
 class Messaging:
-    def __init__(self, db: Database, sink: EventSink) -> None:
+    def __init__(self, db: Database, sink: EventSink, alerts: AlertScheduler | None = None) -> None:
         self.db = db
         self.sink = sink
+        self.alerts = alerts
 
     # --- threads --------------------------------------------------------------------
 
@@ -152,6 +154,15 @@ class Messaging:
             seq = await self._append_event(
                 session, candidate, "message.created", thread, message.id
             )
+            if self.alerts is not None:
+                await self.alerts.message_posted(
+                    session,
+                    access=access,
+                    thread=facts.thread_ref(thread),
+                    org_pk=candidate.org_pk,
+                    message_id=message.id,
+                    author_pk=who.actor.pk,
+                )
             row = (await messages_by_id(session, [message.id]))[message.id]
             payload = row.to_json()
             events = _thread_events(

@@ -17,7 +17,10 @@ from channels.broker import create_broker
 from channels.connection import ConnectionLimits
 from channels.hub import Hub
 from channels.presence import create_presence
-from server import api, api_provisioning, health, openapi, pages, ws
+from mailer.outbox import AlertScheduler
+from mailer.transport import create_transport
+from mailer.worker import AlertWorker, WorkerOptions
+from server import api, api_notifications, api_provisioning, health, openapi, pages, ws
 from server.actions import Messaging
 from server.errors import AppError
 from server.eventlog import SqlEventSource, prune_events
@@ -61,9 +64,17 @@ async def prepare_schema(db: Database, settings: Settings, auto_migrate: bool | 
 
 
 PRUNE_EVERY_SECONDS = 3600.0
+PRUNE_FIRST_AFTER_SECONDS = 60.0
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancels a background task and waits for it, before what it uses is closed."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _prune_forever(db: Database, settings: Settings) -> None:
+    await asyncio.sleep(PRUNE_FIRST_AFTER_SECONDS)  # not in the way of start-up
     while True:
         try:
             removed = await prune_events(db, settings.event_retention_days)
@@ -81,6 +92,7 @@ def create_app(
     *,
     auto_migrate: bool | None = None,
     limits: ConnectionLimits | None = None,
+    worker_options: WorkerOptions | None = None,
 ) -> Starlette:
     metrics = Metrics()
 
@@ -97,19 +109,36 @@ def create_app(
             await hub.start()
             stack.push_async_callback(hub.close)
             sink = BrokerSink(broker)
+            count_email = metrics.emails.labels
+            alerts = AlertScheduler(
+                presence, settings.email_delay_seconds, count=lambda n: count_email("queued").inc(n)
+            )
             app.state.services = Services(
                 settings=settings,
                 db=db,
                 sink=sink,
-                messaging=Messaging(db, sink),
+                messaging=Messaging(db, sink, alerts),
                 provisioning=Provisioning(db, sink),
                 metrics=metrics,
                 send_limiter=SendRateLimiter(settings.send_rate_per_minute),
                 realtime=Realtime(hub, broker, presence, limits or ConnectionLimits()),
                 extras={"readiness": {"broker": broker.ping}},
             )
-            pruner = asyncio.create_task(_prune_forever(db, settings), name="event-pruner")
-            stack.callback(pruner.cancel)
+            jobs = [("event-pruner", _prune_forever(db, settings))]
+            if settings.run_email_worker:
+                worker = AlertWorker(
+                    db,
+                    create_transport(settings.smtp_url, settings.mail_dir),
+                    presence,
+                    secret=settings.secret,
+                    public_url=settings.public_url,
+                    sender=settings.sender,
+                    options=worker_options,
+                    count=lambda outcome: count_email(outcome).inc(),
+                )
+                jobs.append(("email-worker", worker.run_forever()))
+            for name, job in jobs:
+                stack.push_async_callback(_stop, asyncio.create_task(job, name=name))
             yield
 
     routes = [
@@ -118,6 +147,7 @@ def create_app(
         *api.routes,
         *api_provisioning.routes,
         *ws.routes,
+        *api_notifications.routes,
         *pages.routes(settings.web_dir),
     ]
     return Starlette(

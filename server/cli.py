@@ -97,6 +97,50 @@ def _demo(settings: Settings) -> int:
     return 0
 
 
+async def _worker(settings: Settings) -> None:
+    """The alert worker alone, for deployments that run it apart from `serve`."""
+    from channels.presence import create_presence
+    from mailer.transport import create_transport
+    from mailer.worker import AlertWorker
+
+    db = Database(settings.database_url)
+    presence = create_presence(settings.broker_url)
+    try:
+        await migrate.check_up_to_date(db)
+        transport = create_transport(settings.smtp_url, settings.mail_dir)
+        worker = AlertWorker(
+            db,
+            transport,
+            presence,
+            secret=settings.secret,
+            public_url=settings.public_url,
+            sender=settings.sender,
+        )
+        print(f"Sending email alerts through {transport.description}.", flush=True)
+        await worker.run_forever()
+    finally:
+        await presence.close()
+        await db.close()
+
+
+async def _send_test_email(settings: Settings, address: str) -> None:
+    from email.message import EmailMessage
+
+    from mailer.transport import create_transport
+
+    transport = create_transport(settings.smtp_url, settings.mail_dir)
+    message = EmailMessage()
+    message["Subject"] = "Agency Messaging test email"
+    message["From"] = settings.sender
+    message["To"] = address
+    message.set_content(
+        f"This email checks the alert configuration of {settings.public_url}.\n"
+        "If you can read it, email alerts will reach people.\n"
+    )
+    await transport.send(message)
+    print(f"Sent a test email to {address} through {transport.description}.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agency-messaging", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     commands.add_parser("demo", help="provision the demo org and print login links")
+    commands.add_parser("worker", help="send email alerts (without serving)")
+    test_email = commands.add_parser("send-test-email", help="check the email configuration")
+    test_email.add_argument("address")
     args = parser.parse_args(argv)
     _logging()
     if args.command == "migrate":
@@ -121,6 +168,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "serve":
         return _serve(settings, args.host, args.port)
+    if args.command == "worker":
+        if not settings.broker_url.startswith("redis"):
+            print(
+                "agency-messaging: a separate worker needs AM_BROKER_URL=redis://… to know who "
+                "is online; with the in-process broker, `serve` runs the worker itself.",
+                file=sys.stderr,
+            )
+            return 2
+        asyncio.run(_worker(settings))
+        return 0
+    if args.command == "send-test-email":
+        from mailer.transport import TransportError
+
+        try:
+            asyncio.run(_send_test_email(settings, args.address))
+        except TransportError as error:
+            print(f"agency-messaging: {error}", file=sys.stderr)
+            return 1
+        return 0
     return _demo(settings)
 
 

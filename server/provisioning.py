@@ -18,12 +18,14 @@ from storage.models import (
     Candidate,
     CandidateAgencyUser,
     CandidateMember,
+    EmailMute,
     EmailOutbox,
     Event,
     Message,
     Org,
     ReadMarker,
     Thread,
+    ThreadPoster,
     User,
 )
 
@@ -187,6 +189,10 @@ class Provisioning:
             )
             await session.execute(delete(Event).where(Event.candidate_pk == candidate.pk))
             await session.execute(delete(ReadMarker).where(ReadMarker.thread_id.in_(thread_ids)))
+            await session.execute(
+                delete(ThreadPoster).where(ThreadPoster.thread_id.in_(thread_ids))
+            )
+            await session.execute(delete(EmailMute).where(EmailMute.candidate_pk == candidate.pk))
             await session.execute(delete(Message).where(Message.thread_id.in_(thread_ids)))
             await session.execute(delete(Thread).where(Thread.candidate_pk == candidate.pk))
             await session.execute(

@@ -69,12 +69,21 @@ class Settings:
     send_rate_per_minute: int = 120
     max_connections_per_user: int = 20
     event_retention_days: int = 7
+    email_from: str = ""
+    run_email_worker: bool = True
     var_dir: Path = Path("var")
     web_dir: Path = Path(__file__).resolve().parent.parent / "web"
 
     @property
     def mail_dir(self) -> Path:
         return self.var_dir / "mail"
+
+    @property
+    def sender(self) -> str:
+        if self.email_from:
+            return self.email_from
+        host = urlsplit(self.public_url).hostname or "localhost"
+        return f"Agency Messaging <alerts@{host}>"
 
     @property
     def database_is_default(self) -> bool:
@@ -111,5 +120,8 @@ class Settings:
             send_rate_per_minute=_int(env, "AM_SEND_RATE_PER_MINUTE", 120),
             max_connections_per_user=_int(env, "AM_MAX_CONNECTIONS_PER_USER", 20),
             event_retention_days=_int(env, "AM_EVENT_RETENTION_DAYS", 7, minimum=1),
+            email_from=env.get("AM_EMAIL_FROM", "").strip(),
+            run_email_worker=env.get("AM_EMAIL_WORKER", "1").strip().lower()
+            not in ("0", "false", "no"),
             var_dir=var_dir,
         )

@@ -32,6 +32,7 @@ from channels.connection import (
     CLOSE_TOO_MANY_CONNECTIONS,
     Connection,
 )
+from mailer import outbox
 from server import facts, rules
 from server.auth import SESSION_COOKIE, authenticate_token, bearer_token
 from server.errors import AppError, InvalidInput, NotFound, RateLimited, Unavailable
@@ -151,6 +152,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     conn = Connection(who.actor.org_pk, who.actor.pk, who.kind, realtime.limits, context=who)
     await realtime.hub.register(conn)
     s.metrics.ws_connections.inc()
+    await _came_online(s, who)
     expiry = asyncio.get_running_loop().call_later(
         max(0.0, expires_at - time.time()),
         conn.close,
@@ -180,6 +182,14 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         await realtime.hub.unregister(conn)
         s.metrics.ws_connections.dec()
         s.metrics.ws_closed.labels(str(conn.close_code)).inc()
+
+
+async def _came_online(s: Services, who: Principal) -> None:
+    """A user who is online sees the blue dots: pending email alerts have nothing to add."""
+    try:
+        await outbox.cancel_for_user(s.db, who.actor.pk)
+    except Exception:  # the worker checks presence again before sending anyway
+        log.warning("Pending alerts could not be cancelled for a user who came online.")
 
 
 async def _open_connections(realtime: Realtime, who: Principal) -> int:

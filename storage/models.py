@@ -96,6 +96,8 @@ class User(Base):
     agency_pk: Mapped[int | None] = mapped_column(
         ForeignKey("agencies.pk", ondelete="SET NULL"), nullable=True
     )
+    # The user muted email alerts for every candidate (per-candidate mutes: EmailMute).
+    email_muted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 
 class Candidate(Base):
@@ -197,6 +199,30 @@ class Message(Base):
     client_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+
+
+class ThreadPoster(Base):
+    """Who has posted in a thread: they are involved in it, for email alerts."""
+
+    __tablename__ = "thread_posters"
+    thread_id: Mapped[int] = mapped_column(
+        ForeignKey("threads.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_pk: Mapped[int] = mapped_column(
+        ForeignKey("users.pk", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class EmailMute(Base):
+    """A user muted email alerts about one candidate."""
+
+    __tablename__ = "email_mutes"
+    user_pk: Mapped[int] = mapped_column(
+        ForeignKey("users.pk", ondelete="CASCADE"), primary_key=True
+    )
+    candidate_pk: Mapped[int] = mapped_column(
+        ForeignKey("candidates.pk", ondelete="CASCADE"), primary_key=True
+    )
 
 
 class ReadMarker(Base):

@@ -1,0 +1,110 @@
+"""Email alert preferences: mute one candidate or everything; signed unsubscribe links."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import jwt
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import EmailMute, EmailOutbox, User
+
+UNSUBSCRIBE_PURPOSE = "unsubscribe"
+UNSUBSCRIBE_TTL_SECONDS = 365 * 24 * 3600
+
+
+class BadUnsubscribeToken(ValueError):
+    """The unsubscribe link is invalid, expired, or for another purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeRequest:
+    user_pk: int
+    candidate_pk: int | None
+
+
+async def is_muted(session: AsyncSession, user_pk: int, candidate_pk: int) -> bool:
+    return bool(await muted_among(session, [user_pk], candidate_pk))
+
+
+async def muted_among(
+    session: AsyncSession, user_pks: Iterable[int], candidate_pk: int
+) -> set[int]:
+    wanted = sorted(set(user_pks))
+    if not wanted:
+        return set()
+    everything = await session.scalars(
+        select(User.pk).where(User.pk.in_(wanted), User.email_muted.is_(True))
+    )
+    this_one = await session.scalars(
+        select(EmailMute.user_pk).where(
+            EmailMute.user_pk.in_(wanted), EmailMute.candidate_pk == candidate_pk
+        )
+    )
+    return set(everything) | set(this_one)
+
+
+async def set_preferences(
+    session: AsyncSession, user_pk: int, *, muted: bool | None, candidate_pks: set[int] | None
+) -> None:
+    user = await session.get(User, user_pk)
+    assert user is not None
+    if muted is not None:
+        user.email_muted = muted
+    if candidate_pks is not None:
+        current = set(
+            await session.scalars(
+                select(EmailMute.candidate_pk).where(EmailMute.user_pk == user_pk)
+            )
+        )
+        gone = current - candidate_pks
+        if gone:
+            await session.execute(
+                delete(EmailMute).where(
+                    EmailMute.user_pk == user_pk, EmailMute.candidate_pk.in_(gone)
+                )
+            )
+        for candidate_pk in sorted(candidate_pks - current):
+            session.add(EmailMute(user_pk=user_pk, candidate_pk=candidate_pk))
+
+
+async def mute(session: AsyncSession, request: UnsubscribeRequest) -> None:
+    if request.candidate_pk is None:
+        await set_preferences(session, request.user_pk, muted=True, candidate_pks=None)
+        return
+    exists = await session.get(EmailMute, (request.user_pk, request.candidate_pk))
+    if exists is None:
+        session.add(EmailMute(user_pk=request.user_pk, candidate_pk=request.candidate_pk))
+
+
+def unsubscribe_token(secret: str, user_pk: int, candidate_pk: int | None) -> str:
+    claims = {
+        "purpose": UNSUBSCRIBE_PURPOSE,
+        "u": user_pk,
+        "c": candidate_pk,
+        "exp": int(time.time()) + UNSUBSCRIBE_TTL_SECONDS,
+    }
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def read_unsubscribe_token(secret: str, token: str) -> UnsubscribeRequest:
+    try:
+        claims = jwt.decode(token, secret, algorithms=["HS256"], options={"require": ["exp"]})
+    except jwt.PyJWTError:
+        raise BadUnsubscribeToken("This unsubscribe link is not valid (or has expired).") from None
+    user_pk, candidate_pk = claims.get("u"), claims.get("c")
+    if claims.get("purpose") != UNSUBSCRIBE_PURPOSE or not isinstance(user_pk, int):
+        raise BadUnsubscribeToken("This unsubscribe link is not valid (or has expired).")
+    if candidate_pk is not None and not isinstance(candidate_pk, int):
+        raise BadUnsubscribeToken("This unsubscribe link is not valid (or has expired).")
+    return UnsubscribeRequest(user_pk, candidate_pk)
+
+
+def unsubscribe_link(secret: str, public_url: str, row: EmailOutbox, candidate_id: str) -> str:
+    """A link that works without signing in: it mutes alerts about this candidate."""
+    token = unsubscribe_token(secret, row.user_pk, row.candidate_pk)
+    return f"{public_url}/unsubscribe?token={quote(token)}"

@@ -1,0 +1,183 @@
+"""The alert worker: claims due outbox rows, re-checks them as things are now, sends.
+
+It runs inside every server process, and alone as `agency-messaging worker`. At send time
+each alert is checked again: the recipient still sees the thread, is not muted, is offline
+on every process, and still has unread messages in it; otherwise it is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from channels.presence import Presence
+from mailer import outbox
+from mailer.compose import Alert, AlertLine, compose
+from mailer.preferences import is_muted, unsubscribe_link
+from mailer.transport import PermanentError, TransientError, Transport
+from server import facts, rules
+from storage.database import Database
+from storage.models import Candidate, EmailOutbox, Message, ReadMarker, Thread, User, utcnow
+
+log = logging.getLogger("agency_messaging.mailer")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """Timings of the alert worker, with production defaults."""
+
+    poll_seconds: float = 1.0
+    batch: int = 20
+    lease_seconds: float = 120.0
+    backoff_first_seconds: float = 30.0
+    backoff_max_seconds: float = 1800.0
+    max_age_seconds: float = 24 * 3600.0
+
+
+class AlertWorker:
+    def __init__(
+        self,
+        db: Database,
+        transport: Transport,
+        presence: Presence,
+        *,
+        secret: str,
+        public_url: str,
+        sender: str,
+        options: WorkerOptions | None = None,
+        count: Callable[[str], None] = lambda outcome: None,
+    ) -> None:
+        self.db = db
+        self.transport = transport
+        self.presence = presence
+        self.secret = secret
+        self.public_url = public_url
+        self.sender = sender
+        self.options = options or WorkerOptions()
+        self.count = count
+        self._wakeup = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                busy = await self.run_once()
+            except Exception:
+                log.warning("The alert worker could not reach the database; retrying.")
+                busy = False
+            if not busy:
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self.options.poll_seconds)
+
+    async def run_once(self) -> bool:
+        """Claims and handles one batch; returns whether there was anything to do."""
+        claimed = await outbox.claim(
+            self.db, limit=self.options.batch, lease_seconds=self.options.lease_seconds
+        )
+        for row in claimed:
+            await self._handle(row)
+        return len(claimed) == self.options.batch
+
+    async def _handle(self, row: EmailOutbox) -> None:
+        try:
+            alert, reason = await self._build(row)
+        except Exception:
+            log.exception("Alert %d could not be prepared; it will be retried.", row.id)
+            await self._retry(row, "could not be prepared")
+            return
+        if alert is None:
+            await outbox.finish(self.db, row.id, outbox.DROPPED, reason)
+            self.count("dropped")
+            return
+        link = unsubscribe_link(self.secret, self.public_url, row, alert.candidate_id)
+        message = compose(
+            alert, public_url=self.public_url, sender=self.sender, unsubscribe_link=link
+        )
+        try:
+            await self.transport.send(message)
+        except PermanentError as error:
+            log.warning("Alert %d was refused for good: %s", row.id, error)
+            await outbox.finish(self.db, row.id, outbox.FAILED, str(error))
+            self.count("failed")
+            return
+        except TransientError as error:
+            log.info("Alert %d was not delivered yet: %s", row.id, error)
+            await self._retry(row, str(error))
+            return
+        await outbox.finish(self.db, row.id, outbox.SENT)
+        self.count("sent")
+        log.info("Alert %d sent (%d messages).", row.id, len(alert.messages))
+
+    async def _retry(self, row: EmailOutbox, note: str) -> None:
+        age = (utcnow() - row.created_at).total_seconds()
+        if age > self.options.max_age_seconds:
+            await outbox.finish(
+                self.db, row.id, outbox.FAILED, f"gave up after {row.attempts} tries: {note}"
+            )
+            self.count("failed")
+            return
+        delay = min(
+            self.options.backoff_max_seconds,
+            self.options.backoff_first_seconds * 2 ** max(0, row.attempts - 1),
+        )
+        delay *= 0.5 + random.random()
+        if await outbox.retry_later(self.db, row, delay, note):
+            self.count("retried")
+
+    async def _build(self, row: EmailOutbox) -> tuple[Alert | None, str]:
+        """The alert as things are now, or None and why there is nothing to send."""
+        async with self.db.read() as session:
+            user = await session.get(User, row.user_pk)
+            thread = await session.get(Thread, row.thread_id)
+            candidate = await session.get(Candidate, row.candidate_pk)
+            if user is None or thread is None or candidate is None:
+                return None, "gone"
+            actor = rules.Actor(user.pk, user.org_pk, user.kind)
+            access = await facts.candidate_access(session, candidate)
+            if not rules.can_see_thread(actor, access, facts.thread_ref(thread)):
+                return None, "no access"
+            if await is_muted(session, user.pk, candidate.pk):
+                return None, "muted"
+            marker = await session.scalar(
+                select(ReadMarker.message_id).where(
+                    ReadMarker.user_pk == user.pk, ReadMarker.thread_id == thread.id
+                )
+            )
+            rows = await session.execute(
+                select(Message, User.name)
+                .join(User, User.pk == Message.author_pk)
+                .where(
+                    Message.thread_id == thread.id,
+                    Message.id > max(marker or 0, row.first_message_id - 1),
+                    Message.author_pk != user.pk,
+                    Message.deleted.is_(False),
+                )
+                .order_by(Message.id)
+            )
+            lines = [AlertLine(name, m.body or "", m.created_at) for m, name in rows]
+        if not lines:
+            return None, "read"
+        if await self.presence.online([(user.org_pk, user.pk)]):
+            return None, "online"
+        return (
+            Alert(
+                alert_id=row.id,
+                thread_id=thread.id,
+                candidate_id=candidate.ext_id,
+                candidate_name=candidate.name,
+                recipient_name=user.name,
+                recipient_email=user.email,
+                private=thread.kind == rules.PRIVATE_THREAD,
+                messages=lines,
+            ),
+            "",
+        )
