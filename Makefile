@@ -17,10 +17,12 @@ $(VENV)/.dev: $(VENV)/.base
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+# The demo batches email alerts for 15 s instead of the production default of 120 s, so that
+# an alert shows up in var/mail/ soon after a reply to someone who is offline.
 run: $(VENV)/.base
 	$(BIN)/agency-messaging migrate
 	$(BIN)/agency-messaging demo
-	$(BIN)/agency-messaging serve --host $(HOST) --port $(PORT)
+	AM_EMAIL_DELAY_SECONDS=$${AM_EMAIL_DELAY_SECONDS:-15} $(BIN)/agency-messaging serve --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.dev
 	./tools/install-system-deps.sh

@@ -1,0 +1,219 @@
+// Agency Messaging browser client: one socket per tab, shared by every element on the page.
+//
+// - signs in with the session cookie (same origin), so no token is ever in page script;
+// - reconnects with exponential backoff and jitter;
+// - resumes each subscribed candidate from the last seq it saw, and drops duplicates;
+// - reports `reset` so that views reload over REST when the log no longer reaches back;
+// - queues sends made while offline, each with a client_id, so a retry never doubles one.
+
+const PING_EVERY_MS = 25_000;
+const ANSWER_TIMEOUT_MS = 15_000;
+const BACKOFF_MIN_MS = 500;
+const BACKOFF_MAX_MS = 15_000;
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+export async function api(path, { method = "GET", body } = {}) {
+  const response = await fetch(path, {
+    method,
+    credentials: "same-origin",
+    headers: body === undefined ? {} : { "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (response.status === 204) return null;
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = data.error ?? {};
+    throw new ApiError(response.status, error.code ?? "unknown", error.message ?? `HTTP ${response.status}`);
+  }
+  return data;
+}
+
+function newClientId() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export class MessagingClient extends EventTarget {
+  constructor(url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`) {
+    super();
+    this.url = url;
+    this.socket = null;
+    this.connected = false;
+    this.subscriptions = new Map(); // candidate -> last seq seen (null: none yet)
+    this.answers = new Map(); // ref -> {resolve, reject, timer}
+    this.outbox = []; // {frame, resolve, reject}: sends waiting for a connection
+    this.nextRef = 1;
+    this.backoff = BACKOFF_MIN_MS;
+    this.pingTimer = null;
+    this.stopped = false;
+    this.connect();
+  }
+
+  // --- connection ------------------------------------------------------------------
+
+  connect() {
+    if (this.stopped) return;
+    const socket = new WebSocket(this.url);
+    this.socket = socket;
+    socket.addEventListener("open", () => this.onOpen(socket));
+    socket.addEventListener("message", (event) => this.onFrame(event.data));
+    socket.addEventListener("close", (event) => this.onClose(socket, event));
+  }
+
+  async onOpen(socket) {
+    if (socket !== this.socket) return;
+    this.connected = true;
+    this.backoff = BACKOFF_MIN_MS;
+    this.pingTimer = setInterval(() => this.request({ op: "ping" }).catch(() => {}), PING_EVERY_MS);
+    for (const candidate of this.subscriptions.keys()) this.resubscribe(candidate);
+    const waiting = this.outbox.splice(0);
+    for (const item of waiting) this.request(item.frame).then(item.resolve, item.reject);
+    this.emit("connected", {});
+  }
+
+  onClose(socket, event) {
+    if (socket !== this.socket) return;
+    this.connected = false;
+    clearInterval(this.pingTimer);
+    for (const [ref, answer] of this.answers) {
+      clearTimeout(answer.timer);
+      answer.reject(new ApiError(0, "disconnected", "The connection was lost."));
+      this.answers.delete(ref);
+    }
+    this.emit("disconnected", { code: event.code });
+    if (event.code === 4001) {
+      this.emit("signed-out", {});
+      return; // the session expired: reconnecting would only be refused
+    }
+    const delay = this.backoff * (0.5 + Math.random());
+    this.backoff = Math.min(BACKOFF_MAX_MS, this.backoff * 2);
+    setTimeout(() => this.connect(), delay);
+  }
+
+  stop() {
+    this.stopped = true;
+    this.socket?.close(1000);
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  // --- frames ----------------------------------------------------------------------
+
+  request(frame) {
+    if (!this.connected) return Promise.reject(new ApiError(0, "disconnected", "Not connected."));
+    const ref = this.nextRef++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.answers.delete(ref);
+        reject(new ApiError(0, "timeout", "The server did not answer."));
+      }, ANSWER_TIMEOUT_MS);
+      this.answers.set(ref, { resolve, reject, timer });
+      this.socket.send(JSON.stringify({ ...frame, ref }));
+    });
+  }
+
+  onFrame(raw) {
+    let frame;
+    try {
+      frame = JSON.parse(raw);
+    } catch {
+      return;
+    }
+    const answer = frame.ref != null ? this.answers.get(frame.ref) : undefined;
+    if (answer && (frame.type === "ack" || frame.type === "error" || frame.type === "pong")) {
+      this.answers.delete(frame.ref);
+      clearTimeout(answer.timer);
+      if (frame.type === "error") answer.reject(new ApiError(0, frame.code, frame.message));
+      else answer.resolve(frame);
+      return;
+    }
+    if (frame.type === "message.created" || frame.type === "message.deleted") {
+      if (!this.accept(frame.candidate, frame.seq)) return; // a duplicate after a resume
+    }
+    if (frame.type === "unsubscribed") this.subscriptions.delete(frame.candidate);
+    this.emit(frame.type, frame);
+  }
+
+  accept(candidate, seq) {
+    if (!this.subscriptions.has(candidate)) return false;
+    const last = this.subscriptions.get(candidate);
+    if (last !== null && seq <= last) return false;
+    this.subscriptions.set(candidate, seq);
+    return true;
+  }
+
+  // --- subscriptions and ops -----------------------------------------------------------
+
+  async subscribe(candidate) {
+    if (!this.subscriptions.has(candidate)) this.subscriptions.set(candidate, null);
+    if (this.connected) await this.resubscribe(candidate);
+  }
+
+  async resubscribe(candidate) {
+    const after = this.subscriptions.get(candidate);
+    const frame = { op: "subscribe", candidate };
+    if (after !== null && after !== undefined) frame.after = after;
+    try {
+      const ack = await this.request(frame);
+      const last = this.subscriptions.get(candidate);
+      if (ack.reset) this.emit("reset", { candidate });
+      if (last === null || last === undefined || ack.reset || ack.seq > last) {
+        // Replayed events (if any) already moved the seq on; never move it back.
+        this.subscriptions.set(candidate, Math.max(ack.seq, last ?? 0));
+      }
+    } catch (error) {
+      if (error.code === "not_found") {
+        this.subscriptions.delete(candidate);
+        this.emit("unsubscribed", { candidate, reason: "access" });
+      }
+    }
+  }
+
+  unsubscribe(candidate) {
+    this.subscriptions.delete(candidate);
+    if (this.connected) this.request({ op: "unsubscribe", candidate }).catch(() => {});
+  }
+
+  send(thread, body) {
+    const frame = { op: "send", thread, body, client_id: newClientId() };
+    if (this.connected) {
+      return this.request(frame).catch((error) => {
+        if (error.code !== "disconnected" && error.code !== "timeout") throw error;
+        return this.queue(frame); // lost on the way: the client_id makes the retry safe
+      });
+    }
+    return this.queue(frame);
+  }
+
+  queue(frame) {
+    return new Promise((resolve, reject) => this.outbox.push({ frame, resolve, reject }));
+  }
+
+  read(thread, messageId) {
+    if (!this.connected) return api(`/api/v1/threads/${thread}/read`, { method: "POST", body: { message_id: messageId } });
+    return this.request({ op: "read", thread, message_id: messageId });
+  }
+
+  remove(messageId) {
+    if (!this.connected) return api(`/api/v1/messages/${messageId}`, { method: "DELETE" });
+    return this.request({ op: "delete", message: messageId });
+  }
+}
+
+let shared = null;
+
+// One client per page, created on first use.
+export function client() {
+  shared ??= new MessagingClient();
+  return shared;
+}
