@@ -6,7 +6,6 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from pydantic import Field, StrictBool
 from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -18,7 +17,7 @@ from server.api import principal
 from server.errors import InvalidInput
 from server.http import MAX_BODY_BYTES, JSONResponse, TooLarge, read_json
 from server.pages import SECURITY_HEADERS
-from server.schemas import HostId, Input
+from server.schemas import NotificationsIn
 from server.services import services
 from storage.models import Candidate, EmailMute, User
 
@@ -26,11 +25,6 @@ _pages = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=select_autoescape(default=True),
 )
-
-
-class NotificationsIn(Input):
-    muted: StrictBool | None = None
-    muted_candidates: list[HostId] | None = Field(default=None, max_length=10_000)
 
 
 async def _preferences_json(request: Request, user_pk: int) -> dict[str, object]:

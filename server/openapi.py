@@ -293,6 +293,17 @@ def build_spec() -> Schema:
                 ),
             )
         },
+        "/api/v1/me/notifications": {
+            "get": _op(
+                "The caller's email alert preferences", auth="user", ok=(200, _ref("Notifications"))
+            ),
+            "put": _op(
+                "Change email alert preferences (the fields sent replace the stored ones)",
+                auth="user",
+                body=schemas.NotificationsIn,
+                ok=(200, _ref("Notifications")),
+            ),
+        },
         "/healthz": {"get": _op("The process serves", auth="none")},
         "/readyz": {"get": _op("Database and broker answer", auth="none")},
         "/metrics": {"get": _op("Prometheus metrics", auth="none")},
@@ -313,6 +324,10 @@ def build_spec() -> Schema:
                 "Thread": THREAD,
                 "Error": ERROR,
                 "Candidate": CANDIDATE,
+                "Notifications": _obj(
+                    muted={"type": "boolean", "description": "No alert emails at all."},
+                    muted_candidates={"type": "array", "items": ID},
+                ),
             },
             "securitySchemes": {
                 "userToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},

@@ -106,3 +106,8 @@ class SendIn(Input):
 
 class ReadIn(Input):
     message_id: MessageId
+
+
+class NotificationsIn(Input):
+    muted: StrictBool | None = None
+    muted_candidates: list[HostId] | None = Field(default=None, max_length=10_000)

@@ -237,11 +237,10 @@ async def live(app: Starlette) -> AsyncIterator[str]:
         yield base_url
 
 
-@pytest.fixture
-async def world(api: Api) -> Api:
+async def populate_world(api: Api) -> Api:
     """A small org: coordinator `coord`, member `mem` with access, member `out` without,
     agency `ag` with `ann` (linked to c1) and `abe` (not linked), and org `other` with
-    `omem` and `oann`. Candidate c1 is in org `acme`."""
+    `omem` and `oann`. Candidate c1 is in org `acme` (and another c1 in `other`)."""
     await api.org("acme")
     await api.agency("acme", "ag")
     for user in ("coord", "mem", "out"):
@@ -257,6 +256,12 @@ async def world(api: Api) -> Api:
     await api.agency_user("other", "oann", "ag")
     await api.candidate("other", "c1", coordinator="omem", members=["omem"], agency_users=["oann"])
     return api
+
+
+@pytest.fixture
+async def world(api: Api) -> Api:
+    """The org of `populate_world`, provisioned through the app's API."""
+    return await populate_world(api)
 
 
 def pytest_configure(config: pytest.Config) -> None:

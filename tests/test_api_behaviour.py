@@ -23,7 +23,7 @@ from starlette.routing import Route
 from server.app import create_app
 from server.settings import Settings
 from storage.database import Database
-from tests.conftest import SECRET, Api, make_settings
+from tests.conftest import SECRET, Api, make_settings, populate_world
 
 # --- helpers --------------------------------------------------------------------------
 
@@ -69,20 +69,6 @@ async def query(settings: Settings, sql: str, **params: Any) -> list[Any]:
         await db.close()
 
 
-async def populate(api: Api) -> Api:
-    """The same small org as the `world` fixture, for apps built with other settings."""
-    await api.org("acme")
-    await api.agency("acme", "ag")
-    for user in ("coord", "mem", "out"):
-        await api.member("acme", user)
-    await api.agency_user("acme", "ann", "ag")
-    await api.agency_user("acme", "abe", "ag")
-    await api.candidate(
-        "acme", "c1", coordinator="coord", members=["coord", "mem"], agency_users=["ann"]
-    )
-    return api
-
-
 @asynccontextmanager
 async def custom_api(db_url: str, tmp_path: Path, **overrides: Any) -> AsyncIterator[Api]:
     """An app with its own settings on the test's database, populated like `world`."""
@@ -90,7 +76,7 @@ async def custom_api(db_url: str, tmp_path: Path, **overrides: Any) -> AsyncIter
     async with LifespanManager(application):
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield await populate(Api(client))
+            yield await populate_world(Api(client))
 
 
 @asynccontextmanager

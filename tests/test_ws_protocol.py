@@ -24,32 +24,13 @@ from starlette.applications import Starlette
 
 from channels.connection import ConnectionLimits
 from server.app import create_app
-from tests.conftest import SECRET, Api, make_settings
+from tests.conftest import SECRET, Api, make_settings, populate_world
 from tests.realtime import WsClient, serve
 
 MESSAGE_EVENTS = ("message.created", "message.deleted")
 
 
 # --- helpers ------------------------------------------------------------------------
-
-
-async def populate(api: Api) -> Api:
-    """The same small world as the `world` fixture (see its docstring)."""
-    await api.org("acme")
-    await api.agency("acme", "ag")
-    for user in ("coord", "mem", "out"):
-        await api.member("acme", user)
-    await api.agency_user("acme", "ann", "ag")
-    await api.agency_user("acme", "abe", "ag")
-    await api.candidate(
-        "acme", "c1", coordinator="coord", members=["coord", "mem"], agency_users=["ann"]
-    )
-    await api.org("other")
-    await api.agency("other", "ag")
-    await api.member("other", "omem")
-    await api.agency_user("other", "oann", "ag")
-    await api.candidate("other", "c1", coordinator="omem", members=["omem"], agency_users=["oann"])
-    return api
 
 
 @dataclass
@@ -81,7 +62,7 @@ async def custom_server(
     async with LifespanManager(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            api = await populate(Api(client))
+            api = await populate_world(Api(client))
             async with serve(app, lifespan="off") as url:
                 yield Server(app, api, url)
 
