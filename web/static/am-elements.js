@@ -364,23 +364,33 @@ class AgencyMessages extends HTMLElement {
 
   // --- writing --------------------------------------------------------------------------
 
-  async sendCurrent() {
+  sendCurrent() {
     const body = this.input.value.trim();
     const thread = this.selected;
     if (!body || !thread) return;
     this.input.value = "";
+    // One at a time, in the order typed: a second message must not overtake the first
+    // (say, while the first one creates the conversation).
+    this.sending = (this.sending ?? Promise.resolve()).then(() => this.deliver(thread, body));
+  }
+
+  async deliver(thread, body) {
     this.status.textContent = this.client.connected ? "" : "Offline: the message will be sent when the connection is back.";
     try {
-      if (thread.id === null) {
-        const created = await this.openThread({ private: false, ...(this.user.kind === "member" ? { agency_user: thread.agency_user.id } : {}) });
-        await this.select(created);
+      let target = this.threads.find((t) => t.key === thread.key) ?? thread;
+      if (target.id === null) {
+        const request = { private: false, ...(this.user.kind === "member" ? { agency_user: target.agency_user.id } : {}) };
+        target = await this.openThread(request);
+        if (this.selected?.key === target.key) await this.select(target);
       }
-      const ack = await this.client.send(this.selected.id, body);
-      this.append(ack.message);
-      this.scrollToEnd();
+      const ack = await this.client.send(target.id, body);
+      if (this.selected?.id === target.id) {
+        this.append(ack.message);
+        this.scrollToEnd();
+      }
       this.status.textContent = "";
     } catch (error) {
-      this.input.value = body;
+      if (!this.input.value) this.input.value = body;
       this.status.textContent = `Not sent: ${error.message}`;
     }
   }

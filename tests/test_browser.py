@@ -1,0 +1,487 @@
+"""The browser client in a real browser (Debian's Chromium driven by Playwright), against a
+live server: what a member and an agency user see and do on the candidate page.
+
+Most tests serve the app in-process on a SQLite file; the restart test runs a real
+`agency-messaging serve` process and kills it. Controls are found by the accessible names
+that the contract promises to the host ATS's own browser tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import Browser, Route, async_playwright, expect
+
+from server.app import create_app
+from tests.browser import (
+    ARTIFACTS,
+    CANDIDATE,
+    CANDIDATE_NAME,
+    PHONE,
+    Site,
+    api_for,
+    bodies,
+    bubble,
+    connected,
+    dialog,
+    disconnected,
+    launch,
+    message_item,
+    name,
+    open_messages,
+    provision,
+    ready,
+    set_candidate,
+    tab,
+    unread_line,
+    write,
+)
+from tests.conftest import SECRET, SERVICE_TOKEN, make_settings
+from tests.realtime import serve
+from tests.services import ServerProcess, free_port
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+SHORT = 5_000  # ms: what "live" may take here, far above what it takes in practice
+RECONNECT = 30_000  # ms: reconnection backs off exponentially while the server is down
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        chromium = await launch(playwright)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def site(browser: Browser, sqlite_template: Path, tmp_path: Path) -> AsyncIterator[Site]:
+    """The app served in-process on a SQLite file, with org acme provisioned."""
+    path = tmp_path / "browser.db"
+    shutil.copyfile(sqlite_template, path)
+    port = free_port()
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{path}", tmp_path, public_url=f"http://127.0.0.1:{port}"
+    )
+    app = create_app(settings, auto_migrate=False)
+    async with serve(app, port) as base:
+        api = api_for(base)
+        site = Site(base, api, browser)
+        try:
+            await provision(api)
+            yield site
+        finally:
+            await site.close()
+            await api.client.aclose()
+
+
+# --- 1. live delivery and unread state ---------------------------------------------------
+
+
+async def test_message_reaches_the_agency_user_live_and_reading_clears_unread_everywhere(
+    site: Site,
+) -> None:
+    coord = await site.page("coord")
+    ann = await site.page("ann")
+    ann_second_tab = await site.open(ann.context)
+    for page in (coord, ann, ann_second_tab):
+        await expect(bubble(page)).to_have_accessible_name("Messages")
+        await expect(page.get_by_role("heading", name=CANDIDATE_NAME)).to_be_visible()
+
+    await open_messages(coord)
+    await expect(tab(coord, name("ann"))).to_have_attribute("aria-selected", "true")
+    await write(coord, "Hello from the hiring team")
+    await expect(message_item(coord, "Hello from the hiring team")).to_be_visible()
+
+    # Before ann opens the dialog: the bubble and the top bar announce the message.
+    for page in (ann, ann_second_tab):
+        await expect(bubble(page)).to_have_accessible_name("Messages, 1 unread", timeout=SHORT)
+        await expect(unread_line(page)).to_contain_text(
+            f"New message from {name('coord')}", timeout=SHORT
+        )
+        await expect(unread_line(page)).to_contain_text("Hello from the hiring team")
+
+    await open_messages(ann)
+    await expect(tab(ann, "Hiring team")).to_have_attribute("aria-selected", "true")
+    await expect(message_item(ann, "Hello from the hiring team")).to_be_visible()
+    await expect(message_item(ann, "Hello from the hiring team")).to_contain_text(name("coord"))
+
+    # Reading in one tab clears the unread state in both of ann's tabs.
+    for page in (ann, ann_second_tab):
+        await expect(bubble(page)).to_have_accessible_name("Messages", timeout=SHORT)
+        await expect(unread_line(page)).to_be_empty(timeout=SHORT)
+        await expect(page.get_by_text("New message from")).to_have_count(0)
+
+    # With the dialog open, the next message shows up in it and stays read.
+    await write(coord, "Any news from the candidate?")
+    await expect(message_item(ann, "Any news from the candidate?")).to_be_visible(timeout=SHORT)
+    await expect(bubble(ann)).to_have_accessible_name("Messages", timeout=SHORT)
+    await expect(bubble(ann_second_tab)).to_have_accessible_name("Messages", timeout=SHORT)
+    # The author never had anything unread.
+    await expect(bubble(coord)).to_have_accessible_name("Messages")
+
+
+# --- 2. delete through the dot menu ------------------------------------------------------
+
+
+async def test_the_author_deletes_a_message_from_its_menu_and_it_disappears_everywhere(
+    site: Site,
+) -> None:
+    coord = await site.page("coord")
+    ann = await site.page("ann")
+    mem = await site.page("mem")  # its dialog stays closed: the message only counts as unread
+    await open_messages(coord)
+    await open_messages(ann)
+
+    await write(ann, "Sent to the wrong candidate, sorry")
+    await expect(message_item(ann, "Sent to the wrong candidate, sorry")).to_be_visible()
+    await write(ann, "This one stays")
+    for page in (ann, coord):
+        await expect(message_item(page, "Sent to the wrong candidate, sorry")).to_be_visible(
+            timeout=SHORT
+        )
+        await expect(message_item(page, "This one stays")).to_be_visible(timeout=SHORT)
+    await expect(bubble(mem)).to_have_accessible_name("Messages, 2 unread", timeout=SHORT)
+    # Only the author gets the menu.
+    await expect(
+        message_item(coord, "This one stays").get_by_role("button", name="Message actions")
+    ).to_have_count(0)
+
+    item = message_item(ann, "Sent to the wrong candidate, sorry")
+    actions = item.get_by_role("button", name="Message actions")
+    await actions.click()
+    await expect(actions).to_have_attribute("aria-expanded", "true")
+    await item.get_by_role("menuitem", name="Delete").click()
+
+    for page in (ann, coord):
+        await expect(page.get_by_text("Sent to the wrong candidate, sorry")).to_have_count(
+            0, timeout=SHORT
+        )
+        await expect(message_item(page, "This one stays")).to_be_visible()
+    # A deleted message is no longer unread for anyone.
+    await expect(bubble(mem)).to_have_accessible_name("Messages, 1 unread", timeout=SHORT)
+    await expect(unread_line(mem)).to_contain_text("This one stays")
+    await open_messages(mem)
+    await expect(message_item(mem, "This one stays")).to_be_visible()
+    await expect(mem.get_by_text("Sent to the wrong candidate, sorry")).to_have_count(0)
+
+    # Stored as a tombstone, text gone.
+    thread = await site.thread_of("ann", {"private": False})
+    history = await site.history("ann", thread["id"])
+    assert [(m["deleted"], m["body"]) for m in history] == [
+        (True, None),
+        (False, "This one stays"),
+    ]
+
+
+async def test_messages_sent_in_quick_succession_keep_their_order(site: Site) -> None:
+    """Two messages sent one after the other, the first one on a slow network, in a thread
+    that the first Send creates: they are stored and shown in the order they were sent."""
+    ann = await site.page("ann")
+    await open_messages(ann)  # the agency thread does not exist yet
+    slowed: list[str] = []
+
+    async def slow_first_thread_creation(route: Route) -> None:
+        if route.request.method == "POST" and not slowed:
+            slowed.append(route.request.url)
+            await asyncio.sleep(1.0)
+        await route.continue_()
+
+    await ann.route("**/api/v1/candidates/*/threads", slow_first_thread_creation)
+    await write(ann, "First point")
+    await write(ann, "Second point")
+    await expect(message_item(ann, "First point")).to_be_visible(timeout=SHORT)
+    await expect(message_item(ann, "Second point")).to_be_visible(timeout=SHORT)
+    assert slowed
+    thread = await site.thread_of("ann", {"private": False})
+    stored = [m["body"] for m in await site.history("ann", thread["id"])]
+    assert stored == ["First point", "Second point"]
+    assert await bodies(ann) == ["First point", "Second point"]
+
+
+# --- 3. private threads ------------------------------------------------------------------
+
+
+async def test_private_thread_is_seen_by_its_two_people_only(site: Site) -> None:
+    coord = await site.page("coord")
+    ann = await site.page("ann")
+    third = await site.page("third")
+    for page in (coord, third):
+        await open_messages(page)
+        await expect(tab(page, name("ann"))).to_be_visible()
+
+    await dialog(coord).get_by_role("button", name="Message privately").click()
+    private_tab = tab(coord, f"Private: {name('ann')}")
+    await expect(private_tab).to_be_visible(timeout=SHORT)
+    await expect(private_tab).to_have_attribute("aria-selected", "true")
+    await write(coord, "secret note")
+    await expect(message_item(coord, "secret note")).to_be_visible(timeout=SHORT)
+
+    await expect(bubble(ann)).to_have_accessible_name("Messages, 1 unread", timeout=SHORT)
+    await open_messages(ann)
+    ann_private = tab(ann, f"Private: {name('coord')}")
+    await expect(ann_private).to_be_visible()
+    await ann_private.click()
+    await expect(ann_private).to_have_attribute("aria-selected", "true")
+    await expect(message_item(ann, "secret note")).to_be_visible(timeout=SHORT)
+
+    # A message in the agency thread after it, seen by the third member: everything before
+    # it has reached that browser too, so what is missing there was never sent to it.
+    await tab(coord, name("ann")).click()
+    await write(coord, "Shared with the whole hiring team")
+    await expect(message_item(third, "Shared with the whole hiring team")).to_be_visible(
+        timeout=SHORT
+    )
+    await expect(dialog(third).get_by_role("tab", name=re.compile("^Private:"))).to_have_count(0)
+    await expect(third.get_by_text("secret note")).to_have_count(0)
+    assert "secret note" not in await third.content()
+    await expect(bubble(third)).to_have_accessible_name(re.compile(r"^Messages"))
+    await third.reload()
+    await open_messages(third)
+    await expect(message_item(third, "Shared with the whole hiring team")).to_be_visible()
+    await expect(dialog(third).get_by_role("tab", name=re.compile("^Private:"))).to_have_count(0)
+    assert "secret note" not in await third.content()
+
+    # The agency user may write privately to the coordinator only (and to earlier private
+    # contacts): never to any member with access.
+    await dialog(ann).get_by_role("button", name="Message privately").click()
+    contacts = dialog(ann).get_by_role("menu", name="Message privately with")
+    await expect(contacts).to_be_visible()
+    await expect(contacts.get_by_role("menuitem")).to_have_text([f"{name('coord')} (coordinator)"])
+
+    # Once mem coordinates, ann may write to mem (coordinator) and still to coord (earlier
+    # private contact), and never to third.
+    await set_candidate(site.api, coordinator="mem")
+    await ann.reload()
+    await open_messages(ann)
+    await dialog(ann).get_by_role("button", name="Message privately").click()
+    items = dialog(ann).get_by_role("menu", name="Message privately with").get_by_role("menuitem")
+    await expect(items).to_have_count(2)
+    await expect(items.filter(has_text=f"{name('mem')} (coordinator)")).to_have_count(1)
+    await expect(items.filter(has_text=name("coord"))).to_have_count(1)
+    await expect(items.filter(has_text=name("third"))).to_have_count(0)
+    await items.filter(has_text=name("mem")).click()
+    new_private = tab(ann, f"Private: {name('mem')}")
+    await expect(new_private).to_be_visible(timeout=SHORT)
+    await expect(new_private).to_have_attribute("aria-selected", "true")
+
+
+# --- 4. message text is never markup --------------------------------------------------------
+
+
+async def test_message_bodies_render_as_plain_text(site: Site) -> None:
+    img = '<img src=x onerror="window.__xss=1">'
+    script = "<script>window.__xss=2</script>"
+    coord = await site.page("coord")
+    ann = await site.page("ann")
+
+    response = await coord.goto(f"{site.base}/candidates/{CANDIDATE}")
+    assert response is not None
+    policy = response.headers.get("content-security-policy", "")
+    assert "script-src 'self'" in policy
+    assert "unsafe-inline" not in policy
+    await ready(coord)
+
+    await open_messages(coord)
+    await write(coord, img)
+    await expect(message_item(coord, img)).to_be_visible(timeout=SHORT)
+    # The top bar quotes it, as text too.
+    await expect(unread_line(ann)).to_contain_text(img, timeout=SHORT)
+
+    await open_messages(ann)
+    await expect(message_item(ann, img)).to_be_visible(timeout=SHORT)  # from history
+    await write(coord, script)
+    await expect(message_item(ann, script)).to_be_visible(timeout=SHORT)  # live
+    await expect(message_item(coord, script)).to_be_visible()
+
+    for page in (coord, ann):
+        assert await page.evaluate("typeof window.__xss") == "undefined"
+        await expect(dialog(page).get_by_role("log").locator("img, script")).to_have_count(0)
+    assert await bodies(ann) == [img, script]
+
+
+# --- 5. a server restart ------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def process_site(
+    browser: Browser, sqlite_template: Path, tmp_path: Path
+) -> AsyncIterator[tuple[Site, ServerProcess]]:
+    """A real `agency-messaging serve` process on a SQLite file."""
+    path = tmp_path / "served.db"
+    shutil.copyfile(sqlite_template, path)
+    port = free_port()
+    env = {
+        "AM_DATABASE_URL": f"sqlite+aiosqlite:///{path}",
+        "AM_SECRET": SECRET,
+        "AM_SERVICE_TOKEN": SERVICE_TOKEN,
+        "AM_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "AM_SEND_RATE_PER_MINUTE": "0",
+        "AM_LOG_LEVEL": "WARNING",
+    }
+    server = ServerProcess(env, port, tmp_path / "server.log")
+    await asyncio.to_thread(server.launch)
+    api = api_for(server.url)
+    site = Site(server.url, api, browser)
+    try:
+        await provision(api)
+        yield site, server
+    finally:
+        await site.close()
+        await api.client.aclose()
+        await asyncio.to_thread(server.stop)
+
+
+async def test_pages_reconnect_after_a_restart_and_deliver_what_was_sent_offline(
+    process_site: tuple[Site, ServerProcess],
+) -> None:
+    site, server = process_site
+    coord = await site.page("coord")
+    ann = await site.page("ann")
+    await open_messages(coord)
+    await write(coord, "Before the restart")
+    await open_messages(ann)
+    await expect(message_item(ann, "Before the restart")).to_be_visible(timeout=SHORT)
+
+    await asyncio.to_thread(server.kill)
+    await disconnected(coord)
+    await write(coord, "Written while the server was down")
+    await expect(dialog(coord).get_by_role("status")).to_contain_text("Offline")
+
+    await asyncio.to_thread(server.launch)  # the same port
+    await connected(coord, timeout=RECONNECT)
+    await connected(ann, timeout=RECONNECT)
+
+    offline = message_item(ann, "Written while the server was down")
+    await expect(offline).to_have_count(1, timeout=RECONNECT)
+    await expect(message_item(coord, "Written while the server was down")).to_have_count(
+        1, timeout=SHORT
+    )
+    await expect(dialog(coord).get_by_text(re.compile("^Offline"))).to_have_count(0)
+
+    await write(coord, "After the restart")
+    await expect(message_item(ann, "After the restart")).to_be_visible(timeout=SHORT)
+    assert await bodies(ann) == [
+        "Before the restart",
+        "Written while the server was down",
+        "After the restart",
+    ]
+    thread = await site.thread_of("ann", {"private": False})
+    history = [m["body"] for m in await site.history("ann", thread["id"])]
+    assert history == [
+        "Before the restart",
+        "Written while the server was down",
+        "After the restart",
+    ], server.log()
+
+
+# --- 6. history paging ---------------------------------------------------------------------
+
+
+async def test_the_dialog_pages_back_through_a_long_history(site: Site) -> None:
+    thread = await site.thread_of("coord", {"agency_user": "ann", "private": False})
+    expected = [f"History message {i:02d}" for i in range(1, 61)]
+    for body in expected:
+        await site.send("coord", thread["id"], body)
+
+    ann = await site.page("ann")
+    await expect(bubble(ann)).to_have_accessible_name("Messages, 60 unread")
+    await open_messages(ann)
+    await expect(message_item(ann, expected[-1])).to_be_visible()
+    shown = await bodies(ann)
+    assert shown == expected[-len(shown) :]
+    assert len(shown) < 60
+    await expect(ann.get_by_text(expected[0], exact=True)).to_have_count(0)
+
+    earlier = dialog(ann).get_by_role("button", name="Load earlier messages")
+    for _ in range(3):
+        if not await earlier.is_visible():
+            break
+        await earlier.click()
+        await expect(ann.get_by_text(expected[0], exact=True)).to_have_count(1, timeout=SHORT)
+    await expect(earlier).to_be_hidden()
+    assert await bodies(ann) == expected
+    await expect(dialog(ann).get_by_role("log").get_by_role("listitem")).to_have_count(60)
+    await expect(bubble(ann)).to_have_accessible_name("Messages", timeout=SHORT)
+
+
+# --- 7. keyboard and blue dots ------------------------------------------------------------
+
+
+async def test_keyboard_opens_and_closes_the_dialog_and_the_list_shows_live_blue_dots(
+    site: Site,
+) -> None:
+    ann_list = await site.page("ann", path="/")
+    row = ann_list.get_by_role("listitem").filter(
+        has=ann_list.get_by_role("link", name=CANDIDATE_NAME)
+    )
+    await expect(row).to_be_visible()
+    await expect(row.get_by_role("img")).to_have_count(0)
+
+    thread = await site.thread_of("coord", {"agency_user": "ann", "private": False})
+    await site.send("coord", thread["id"], "Can you send the references?")
+    await site.send("coord", thread["id"], "And the notice period?")
+    dot = row.get_by_role("img", name=re.compile(r"^\d+ unread$"))
+    await expect(dot).to_be_visible(timeout=SHORT)
+    await expect(dot).to_have_accessible_name("2 unread")
+
+    ann = await site.open(ann_list.context)
+    await expect(bubble(ann)).to_have_accessible_name("Messages, 2 unread")
+    await bubble(ann).focus()
+    await ann.keyboard.press("Enter")
+    await expect(dialog(ann)).to_be_visible()
+    await expect(dialog(ann).get_by_role("textbox", name="Message")).to_be_focused()
+    await expect(message_item(ann, "And the notice period?")).to_be_visible()
+    await ann.keyboard.press("Escape")
+    await expect(dialog(ann)).to_be_hidden()
+    await expect(bubble(ann)).to_be_focused()
+
+    # Reading in the other tab takes the dot off the list, live.
+    await expect(row.get_by_role("img")).to_have_count(0, timeout=SHORT)
+    await ann_list.reload()
+    await expect(row).to_be_visible()
+    await expect(row.get_by_role("img")).to_have_count(0)
+
+
+# --- 8. screenshots --------------------------------------------------------------------------
+
+
+async def test_screenshots_of_member_agency_and_phone_views(site: Site) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    agency = await site.thread_of("ann", {"private": False})
+    await site.send("ann", agency["id"], "Hi! Jamie is available for interviews next week.")
+    await site.send("coord", agency["id"], "Great, thanks. Could you share her salary range?")
+    await site.send("ann", agency["id"], "She is looking for 85-90k, flexible on benefits.")
+    await site.send("mem", agency["id"], "Tuesday 10:00 works for the first interview.")
+    private = await site.thread_of("coord", {"agency_user": "ann", "private": True})
+    await site.send("coord", private["id"], "Between us: she is our top pick so far.")
+    await site.send("ann", agency["id"], "Tuesday is confirmed.")
+
+    coord = await site.page("coord")
+    await expect(unread_line(coord)).to_contain_text("New message from")
+    await open_messages(coord)
+    await expect(message_item(coord, "Tuesday is confirmed.")).to_be_visible()
+    await expect(unread_line(coord)).to_be_empty(timeout=SHORT)
+    await coord.screenshot(path=str(ARTIFACTS / "member-view.png"))
+
+    ann = await site.page("ann")
+    await expect(bubble(ann)).to_have_accessible_name(re.compile("unread"))
+    await ann.screenshot(path=str(ARTIFACTS / "agency-page.png"))
+    await open_messages(ann)
+    await expect(message_item(ann, "Tuesday is confirmed.")).to_be_visible()
+    await ann.screenshot(path=str(ARTIFACTS / "agency-view.png"))
+
+    phone = await site.page("coord", viewport=PHONE)
+    await open_messages(phone)
+    await expect(message_item(phone, "Tuesday is confirmed.")).to_be_visible()
+    await phone.screenshot(path=str(ARTIFACTS / "member-phone.png"))
+    for shot in ("member-view.png", "agency-view.png", "member-phone.png"):
+        assert (ARTIFACTS / shot).stat().st_size > 10_000
