@@ -51,7 +51,7 @@ class SmtpTransport:
     timeout: float = SMTP_TIMEOUT_SECONDS
 
     @classmethod
-    def from_url(cls, url: str) -> SmtpTransport:
+    def from_url(cls, url: str, timeout: float = SMTP_TIMEOUT_SECONDS) -> SmtpTransport:
         parts = urlsplit(url)
         implicit_tls = parts.scheme == "smtps"
         return cls(
@@ -60,6 +60,7 @@ class SmtpTransport:
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
             implicit_tls=implicit_tls,
+            timeout=timeout,
         )
 
     @property
@@ -79,6 +80,11 @@ class SmtpTransport:
                 start_tls=None if not self.implicit_tls else False,  # None: if offered
                 timeout=self.timeout,
             )
+        except aiosmtplib.SMTPRecipientsRefused as error:
+            codes = [refusal.code for refusal in error.recipients]
+            if codes and all(500 <= code < 600 for code in codes):
+                raise PermanentError(f"The relay refused the recipient ({codes[0]}).") from None
+            raise TransientError(f"The relay deferred the recipient ({codes[:1]}).") from None
         except aiosmtplib.SMTPResponseException as error:
             if 500 <= error.code < 600:
                 raise PermanentError(f"The relay refused the email ({error.code}).") from None
@@ -113,7 +119,9 @@ class FileTransport:
         partial.replace(final)  # readers never see half a file; a resend overwrites it
 
 
-def create_transport(smtp_url: str | None, mail_dir: Path) -> Transport:
+def create_transport(
+    smtp_url: str | None, mail_dir: Path, timeout: float = SMTP_TIMEOUT_SECONDS
+) -> Transport:
     if smtp_url:
-        return SmtpTransport.from_url(smtp_url)
+        return SmtpTransport.from_url(smtp_url, timeout)
     return FileTransport(mail_dir)

@@ -65,9 +65,14 @@ async def put_notifications(request: Request) -> Response:
 
 
 def _page(status: int = 200, **context: object) -> Response:
-    html = _pages.get_template("unsubscribe.html").render(
-        error=None, done=None, name="", token="", candidate=None, **context
-    )
+    values: dict[str, object] = {
+        "error": None,
+        "done": None,
+        "name": "",
+        "token": "",
+        "candidate": None,
+    }
+    html = _pages.get_template("unsubscribe.html").render(values | context)
     return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
 

@@ -128,7 +128,9 @@ def create_app(
             if settings.run_email_worker:
                 worker = AlertWorker(
                     db,
-                    create_transport(settings.smtp_url, settings.mail_dir),
+                    create_transport(
+                        settings.smtp_url, settings.mail_dir, settings.smtp_timeout_seconds
+                    ),
                     presence,
                     secret=settings.secret,
                     public_url=settings.public_url,

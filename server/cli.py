@@ -107,7 +107,9 @@ async def _worker(settings: Settings) -> None:
     presence = create_presence(settings.broker_url)
     try:
         await migrate.check_up_to_date(db)
-        transport = create_transport(settings.smtp_url, settings.mail_dir)
+        transport = create_transport(
+            settings.smtp_url, settings.mail_dir, settings.smtp_timeout_seconds
+        )
         worker = AlertWorker(
             db,
             transport,
@@ -128,7 +130,9 @@ async def _send_test_email(settings: Settings, address: str) -> None:
 
     from mailer.transport import create_transport
 
-    transport = create_transport(settings.smtp_url, settings.mail_dir)
+    transport = create_transport(
+        settings.smtp_url, settings.mail_dir, settings.smtp_timeout_seconds
+    )
     message = EmailMessage()
     message["Subject"] = "Agency Messaging test email"
     message["From"] = settings.sender

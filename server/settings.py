@@ -70,6 +70,7 @@ class Settings:
     max_connections_per_user: int = 20
     event_retention_days: int = 7
     email_from: str = ""
+    smtp_timeout_seconds: float = 30.0
     run_email_worker: bool = True
     var_dir: Path = Path("var")
     web_dir: Path = Path(__file__).resolve().parent.parent / "web"
@@ -121,6 +122,7 @@ class Settings:
             max_connections_per_user=_int(env, "AM_MAX_CONNECTIONS_PER_USER", 20),
             event_retention_days=_int(env, "AM_EVENT_RETENTION_DAYS", 7, minimum=1),
             email_from=env.get("AM_EMAIL_FROM", "").strip(),
+            smtp_timeout_seconds=_float(env, "AM_SMTP_TIMEOUT_SECONDS", 30.0),
             run_email_worker=env.get("AM_EMAIL_WORKER", "1").strip().lower()
             not in ("0", "false", "no"),
             var_dir=var_dir,
