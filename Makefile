@@ -30,6 +30,10 @@ test: $(VENV)/.dev
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+# Benchmarks, never part of `make test`: `make bench` (full) or `make bench QUICK=1`.
+bench: $(VENV)/.dev
+	$(BIN)/python bench/run.py $(if $(QUICK),--quick,)
+
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy
