@@ -33,7 +33,8 @@ SECRET = "test-secret-0123456789abcdef-0123456789abcdef"
 SERVICE_TOKEN = "test-service-token-0123456789"
 
 
-async def _migrate(url: str) -> None:
+async def migrate_database(url: str) -> None:
+    """Brings a database to the newest schema."""
     db = Database(url)
     try:
         await migrate.upgrade(db)
@@ -63,14 +64,14 @@ def redis_server() -> Iterator[RedisServer]:
 def postgres_template(postgres: PostgresServer) -> str:
     postgres.create_database("am_test")
     url = postgres.url("am_test")
-    asyncio.run(_migrate(url))
+    asyncio.run(migrate_database(url))
     return url
 
 
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("sqlite-template") / "template.db"
-    asyncio.run(_migrate(f"sqlite+aiosqlite:///{path}"))
+    asyncio.run(migrate_database(f"sqlite+aiosqlite:///{path}"))
     return path
 
 

@@ -14,6 +14,8 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,6 +223,23 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Waits until /readyz answers 200 (database and broker reachable)."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            assert self.process is not None and self.process.poll() is None, self.log()
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=3) as response:
+                    if response.status == 200:
+                        return
+            except urllib.error.HTTPError as error:
+                last = error.read().decode(errors="replace")
+            except OSError as error:
+                last = str(error)
+            time.sleep(0.1)
+        raise AssertionError(f"{self.url} never became ready: {last}\n{self.log()}")
 
     def terminate(self, timeout: float = 30) -> int:
         """SIGTERM, then wait; returns the exit code."""

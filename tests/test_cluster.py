@@ -26,9 +26,7 @@ import pytest
 import websockets
 
 from server.auth import make_user_token
-from storage import migrate
-from storage.database import Database
-from tests.conftest import SECRET, SERVICE_TOKEN, Api
+from tests.conftest import SECRET, SERVICE_TOKEN, Api, migrate_database
 from tests.realtime import WsClient
 from tests.services import PostgresServer, RedisServer, ServerProcess
 
@@ -59,7 +57,7 @@ class Cluster:
             self.retired.append(old)
         node = ServerProcess.start(self.env, self.workdir)
         self.nodes[name] = node
-        wait_ready_sync(node)
+        node.wait_ready()
 
     def ensure_running(self) -> None:
         for name, node in list(self.nodes.items()):
@@ -76,28 +74,6 @@ class Cluster:
         for node in [*self.nodes.values(), *self.retired]:
             node.stop()
         self.redis.stop()
-
-
-def wait_ready_sync(node: ServerProcess, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        assert node.process is not None and node.process.poll() is None, node.log()
-        with contextlib.suppress(httpx.HTTPError):
-            response = httpx.get(f"{node.url}/readyz", timeout=3)
-            if response.status_code == 200:
-                return
-            last = response.text
-        time.sleep(0.1)
-    raise AssertionError(f"{node.url} never became ready: {last}\n{node.log()}")
-
-
-async def _migrate(url: str) -> None:
-    db = Database(url)
-    try:
-        await migrate.upgrade(db)
-    finally:
-        await db.close()
 
 
 async def _provision(base_url: str) -> None:
@@ -121,7 +97,7 @@ def cluster(
     name = f"am_cluster_{uuid.uuid4().hex[:12]}"
     postgres.create_database(name)
     url = postgres.url(name)
-    asyncio.run(_migrate(url))
+    asyncio.run(migrate_database(url))
     redis = RedisServer.start()
     workdir = tmp_path_factory.mktemp("cluster")
     env = {

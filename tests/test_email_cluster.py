@@ -14,7 +14,6 @@ import contextlib
 import os
 import re
 import subprocess
-import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -25,10 +24,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from storage import migrate
 from storage.database import Database
 from storage.models import EmailOutbox
-from tests.conftest import SECRET, SERVICE_TOKEN, Api
+from tests.conftest import SECRET, SERVICE_TOKEN, Api, migrate_database
 from tests.services import VENV_BIN, PostgresServer, RedisServer, ServerProcess
 from tests.smtp import Received, SmtpServer
 
@@ -51,7 +49,7 @@ class Cluster:
         for _ in range(count):
             node = ServerProcess.start(self.env, self.workdir)
             self.nodes.append(node)
-            wait_ready(node)
+            node.wait_ready()
 
     def start_worker(self) -> None:
         log = (self.workdir / "worker.log").open("ab")
@@ -93,25 +91,6 @@ class Cluster:
         self.redis.stop()
 
 
-def wait_ready(node: ServerProcess, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert node.process is not None and node.process.poll() is None, node.log()
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{node.url}/readyz", timeout=3).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"{node.url} never became ready\n{node.log()}")
-
-
-async def _migrate(url: str) -> None:
-    db = Database(url)
-    try:
-        await migrate.upgrade(db)
-    finally:
-        await db.close()
-
-
 async def outbox_rows(url: str) -> list[EmailOutbox]:
     db = Database(url)
     try:
@@ -141,7 +120,7 @@ def make_cluster(
         name = f"am_email_{uuid.uuid4().hex[:12]}"
         postgres.create_database(name)
         url = postgres.url(name)
-        await _migrate(url)
+        await migrate_database(url)
         redis = await asyncio.to_thread(RedisServer.start)
         env = {
             "AM_DATABASE_URL": url,
