@@ -32,6 +32,7 @@ test: $(VENV)/.dev
 
 # Benchmarks, never part of `make test`: `make bench` (full) or `make bench QUICK=1`.
 bench: $(VENV)/.dev
+	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python bench/run.py $(if $(QUICK),--quick,)
 
 lint: $(VENV)/.dev

@@ -1,13 +1,16 @@
-"""The load generator: one process, many WebSocket clients, send→deliver latency.
+"""The load generator: WebSocket clients in separate processes, send→deliver latency.
 
-Each published message carries its send time (time.time_ns) in its body; every receiver
-records now - sent on arrival. Receivers and the publisher share the machine's clock.
+Two roles, so that receiving can be spread over several processes (one Python process
+cannot parse the frames of a thousand busy sockets):
 
-Protocols ("systems"):
+  receive   connect N sockets, subscribe, record the latency of every message; on stdin
+            EOF print one JSON line: {"step": [latencies in µs, …], …}
+  publish   send at each rate of --rates for --step-seconds, stamping every body with
+            "<time.time_ns()> <step> <n>"; print one JSON line per step
+
+Both share the machine's clock. Protocols ("systems"):
   am    this server: subscribe to a candidate, publish with the `send` op
   bare  the bare relay in bench/peers/bare_ws.py: every text frame goes to every other client
-
-Prints one JSON line per rate step on stdout (the orchestrator reads them).
 """
 
 from __future__ import annotations
@@ -15,35 +18,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from collections import defaultdict
 
 import orjson
 import websockets
 
 
-@dataclass
-class Receiver:
-    latencies_ns: list[int] = field(default_factory=list)
-    seen: int = 0
-
-
-def _stamp_from_am(frame: str | bytes) -> int | None:
+def _parse_am(frame: str | bytes) -> tuple[int, int] | None:
     data = orjson.loads(frame)
     if data.get("type") != "message.created":
         return None
-    body = data["message"]["body"]
-    return int(body.split(" ", 1)[0]) if body and body[0].isdigit() else None
+    return _parse_body(data["message"]["body"] or "")
 
 
-def _stamp_from_bare(frame: str | bytes) -> int | None:
-    text = frame if isinstance(frame, str) else frame.decode()
-    return int(text.split(" ", 1)[0]) if text[:1].isdigit() else None
+def _parse_body(text: str) -> tuple[int, int] | None:
+    parts = text.split(" ", 2)
+    if len(parts) < 2 or not parts[0].isdigit():
+        return None
+    return int(parts[0]), int(parts[1])
 
 
-async def _connect(url: str, token: str | None) -> websockets.ClientConnection:
+def _parse_bare(frame: str | bytes) -> tuple[int, int] | None:
+    return _parse_body(frame if isinstance(frame, str) else frame.decode())
+
+
+async def connect(url: str, token: str | None) -> websockets.ClientConnection:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return await websockets.connect(
         url,
@@ -55,110 +56,77 @@ async def _connect(url: str, token: str | None) -> websockets.ClientConnection:
     )
 
 
-async def _receive(
-    connection: websockets.ClientConnection, receiver: Receiver, system: str
+async def _receive_one(
+    connection: websockets.ClientConnection, system: str, record: dict[int, list[int]]
 ) -> None:
-    parse = _stamp_from_am if system == "am" else _stamp_from_bare
+    parse = _parse_am if system == "am" else _parse_bare
     try:
         async for frame in connection:
             stamp = parse(frame)
             if stamp is not None:
-                receiver.latencies_ns.append(time.time_ns() - stamp)
-                receiver.seen += 1
+                record[stamp[1]].append((time.time_ns() - stamp[0]) // 1000)
     except websockets.ConnectionClosed:
         return
 
 
-def _percentile(values: list[int], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6
-
-
-async def run(args: argparse.Namespace) -> None:
-    tokens = json.loads(args.tokens) if args.tokens else {}
-    receivers: list[Receiver] = []
-    tasks = []
-    connections = []
-    for index in range(args.receivers):
-        connection = await _connect(args.url, tokens.get("receiver"))
+async def receive(args: argparse.Namespace) -> None:
+    tokens: list[str | None] = json.loads(args.tokens) if args.tokens else [None]
+    record: dict[int, list[int]] = defaultdict(list)
+    connections, tasks = [], []
+    for index in range(args.count):
+        connection = await connect(args.url, tokens[index % len(tokens)])
         if args.system == "am":
             await connection.send(json.dumps({"op": "subscribe", "candidate": args.candidate}))
             await connection.recv()  # the ack
-        receiver = Receiver()
-        receivers.append(receiver)
         connections.append(connection)
-        tasks.append(asyncio.create_task(_receive(connection, receiver, args.system)))
-        if index % 100 == 99:
-            await asyncio.sleep(0)
-    publisher = await _connect(args.url, tokens.get("publisher"))
-    print(json.dumps({"event": "connected", "receivers": len(receivers)}), flush=True)
-
-    for rate in [float(r) for r in args.rates.split(",")]:
-        for receiver in receivers:
-            receiver.latencies_ns.clear()
-            receiver.seen = 0
-        interval = 1.0 / rate
-        count = max(1, int(rate * args.step_seconds))
-        started = time.perf_counter()
-        for n in range(count):
-            target = started + n * interval
-            delay = target - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            body = f"{time.time_ns()} bench message {n}"
-            if args.system == "am":
-                await publisher.send(
-                    json.dumps({"op": "send", "thread": args.thread, "body": body})
-                )
-            else:
-                await publisher.send(body)
-        sent_for = time.perf_counter() - started
-        await asyncio.sleep(args.drain_seconds)
-        latencies = [x for r in receivers for x in r.latencies_ns]
-        expected = count * len(receivers)
-        delivered = sum(r.seen for r in receivers)
-        print(
-            json.dumps(
-                {
-                    "event": "step",
-                    "rate": rate,
-                    "sent": count,
-                    "send_seconds": round(sent_for, 3),
-                    "expected": expected,
-                    "delivered": delivered,
-                    "delivered_per_second": round(delivered / max(sent_for, 1e-9), 1),
-                    "p50_ms": round(_percentile(latencies, 0.50), 2),
-                    "p99_ms": round(_percentile(latencies, 0.99), 2),
-                    "mean_ms": round(statistics.fmean(latencies) / 1e6, 2) if latencies else None,
-                }
-            ),
-            flush=True,
-        )
-        p99 = _percentile(latencies, 0.99)
-        if delivered < expected * 0.99 or p99 > args.p99_limit_ms:
-            break
+        tasks.append(asyncio.create_task(_receive_one(connection, args.system, record)))
+    print(json.dumps({"connected": len(connections)}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until EOF
     for task in tasks:
         task.cancel()
-    for connection in [*connections, publisher]:
+    print(json.dumps({str(step): values for step, values in record.items()}), flush=True)
+    for connection in connections:
         await connection.close()
+
+
+async def publish(args: argparse.Namespace) -> None:
+    connection = await connect(args.url, args.tokens or None)
+    for step, rate in enumerate(float(r) for r in args.rates.split(",")):
+        interval, count = 1.0 / rate, max(1, int(rate * args.step_seconds))
+        started = time.perf_counter()
+        for n in range(count):
+            delay = started + n * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            body = f"{time.time_ns()} {step} {n}"
+            if args.system == "am":
+                frame = {"op": "send", "thread": args.thread, "body": body}
+                await connection.send(json.dumps(frame))
+            else:
+                await connection.send(body)
+        elapsed = time.perf_counter() - started
+        print(
+            json.dumps({"step": step, "rate": rate, "sent": count, "seconds": elapsed}), flush=True
+        )
+        await asyncio.sleep(args.drain_seconds)
+    await connection.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("role", choices=["receive", "publish"])
     parser.add_argument("--system", choices=["am", "bare"], required=True)
     parser.add_argument("--url", required=True)
-    parser.add_argument("--receivers", type=int, default=1000)
-    parser.add_argument("--rates", default="5,10,20,40,80,160,320")
-    parser.add_argument("--step-seconds", type=float, default=3.0)
-    parser.add_argument("--drain-seconds", type=float, default=1.0)
-    parser.add_argument("--p99-limit-ms", type=float, default=100.0)
-    parser.add_argument("--tokens", default="")
+    parser.add_argument("--count", type=int, default=100, help="receive: sockets to open")
+    parser.add_argument("--tokens", default="", help="receive: JSON list; publish: a token")
     parser.add_argument("--candidate", default="c1")
     parser.add_argument("--thread", type=int, default=0)
-    asyncio.run(run(parser.parse_args()))
+    parser.add_argument("--rates", default="5,10,20,40,80")
+    parser.add_argument("--step-seconds", type=float, default=3.0)
+    parser.add_argument("--drain-seconds", type=float, default=1.0)
+    args = parser.parse_args()
+    asyncio.run(receive(args) if args.role == "receive" else publish(args))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -30,6 +30,10 @@ from server.auth import make_user_token
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PYTHON = sys.executable
+NAMES = {
+    "am": "Agency Messaging (1 process, SQLite)",
+    "bare": "bare websockets relay (the limit)",
+}
 
 
 def free_port() -> int:
@@ -59,47 +63,47 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-async def provision_am(base: str, service: str, secret: str) -> dict[str, Any]:
+async def provision_am(base: str, service: str, secret: str, receivers: int) -> dict[str, Any]:
+    """An org with a publisher, `receivers` receiving members and one agency thread."""
     headers = {"Authorization": f"Bearer {service}"}
-    async with httpx.AsyncClient(base_url=base, headers=headers) as http:
-        for path, body in [
-            ("/api/v1/orgs/bench", {"name": "Bench"}),
-            ("/api/v1/orgs/bench/agencies/ag", {"name": "Agency"}),
-            (
-                "/api/v1/orgs/bench/users/pub",
-                {"name": "Publisher", "email": "p@b.example", "kind": "member"},
-            ),
-            (
-                "/api/v1/orgs/bench/users/rec",
-                {"name": "Receiver", "email": "r@b.example", "kind": "member"},
-            ),
-            (
-                "/api/v1/orgs/bench/users/ann",
-                {"name": "Ann", "email": "a@b.example", "kind": "agency", "agency": "ag"},
-            ),
-            (
-                "/api/v1/orgs/bench/candidates/c1",
-                {
-                    "name": "C1",
-                    "coordinator": "pub",
-                    "members": ["pub", "rec"],
-                    "agency_users": ["ann"],
-                },
-            ),
-        ]:
+    users = [f"rec{i}" for i in range(receivers)]
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
+
+        async def put(path: str, body: dict[str, Any]) -> None:
             (await http.put(path, json=body)).raise_for_status()
+
+        await put("/api/v1/orgs/bench", {"name": "Bench"})
+        await put("/api/v1/orgs/bench/agencies/ag", {"name": "Agency"})
+        ann = {"name": "Ann", "email": "a@b.example", "kind": "agency", "agency": "ag"}
+        await put("/api/v1/orgs/bench/users/ann", ann)
+        for user in ["pub", *users]:
+            await put(
+                f"/api/v1/orgs/bench/users/{user}",
+                {"name": user, "email": f"{user}@b.example", "kind": "member"},
+            )
+        await put(
+            "/api/v1/orgs/bench/candidates/c1",
+            {
+                "name": "C1",
+                "coordinator": "pub",
+                "members": ["pub", *users],
+                "agency_users": ["ann"],
+            },
+        )
     pub = make_user_token(secret, "bench", "pub", 3600)
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {pub}"}) as http:
+    auth = {"Authorization": f"Bearer {pub}"}
+    async with httpx.AsyncClient(base_url=base, headers=auth) as http:
         thread = (
             await http.post("/api/v1/candidates/c1/threads", json={"agency_user": "ann"})
         ).json()
     return {
         "thread": thread["id"],
-        "tokens": {"publisher": pub, "receiver": make_user_token(secret, "bench", "rec", 3600)},
+        "publisher": pub,
+        "receivers": [make_user_token(secret, "bench", u, 3600) for u in users],
     }
 
 
-def start_am(workdir: Path) -> tuple[subprocess.Popen[bytes], str, dict[str, Any]]:
+def start_am(workdir: Path, receivers: int) -> tuple[subprocess.Popen[bytes], str, dict[str, Any]]:
     port = free_port()
     secret, service = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     env = {
@@ -120,7 +124,7 @@ def start_am(workdir: Path) -> tuple[subprocess.Popen[bytes], str, dict[str, Any
         stderr=subprocess.DEVNULL,
     )
     wait_for_port(port)
-    setup = asyncio.run(provision_am(f"http://127.0.0.1:{port}", service, secret))
+    setup = asyncio.run(provision_am(f"http://127.0.0.1:{port}", service, secret, receivers))
     return process, f"ws://127.0.0.1:{port}/ws", setup
 
 
@@ -132,53 +136,97 @@ def start_bare() -> tuple[subprocess.Popen[bytes], str, dict[str, Any]]:
         stderr=subprocess.DEVNULL,
     )
     wait_for_port(port)
-    return process, f"ws://127.0.0.1:{port}/", {"thread": 0, "tokens": {}}
+    return process, f"ws://127.0.0.1:{port}/", {"thread": 0, "publisher": "", "receivers": []}
+
+
+def _percentile(values: list[int], q: float) -> float:
+    ordered = sorted(values)
+    return (
+        round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000, 2) if ordered else -1.0
+    )
 
 
 def drive(
     system: str, url: str, setup: dict[str, Any], server_pid: int, opts: argparse.Namespace
 ) -> list[dict[str, Any]]:
-    command = [
-        PYTHON,
-        str(ROOT / "bench" / "loadgen.py"),
-        "--system",
-        system,
-        "--url",
-        url,
-        "--receivers",
-        str(opts.receivers),
-        "--rates",
-        opts.rates,
-        "--step-seconds",
-        str(opts.step_seconds),
-        "--thread",
-        str(setup["thread"]),
-        "--tokens",
-        json.dumps(setup["tokens"]),
-    ]
+    """Receivers spread over several processes, one publisher process; stats per step."""
+    loadgen = [PYTHON, str(ROOT / "bench" / "loadgen.py")]
+    common = ["--system", system, "--url", url]
+    per_process = opts.receivers // opts.procs
+    receivers = []
+    for index in range(opts.procs):
+        tokens = setup["receivers"][index :: opts.procs] or [None]
+        receivers.append(
+            subprocess.Popen(
+                [
+                    *loadgen,
+                    "receive",
+                    *common,
+                    "--count",
+                    str(per_process),
+                    "--tokens",
+                    json.dumps(tokens),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for process in receivers:
+        assert process.stdout is not None
+        json.loads(process.stdout.readline())
+    log(f"{system}: {per_process * opts.procs} receivers connected in {opts.procs} processes")
+    publisher = subprocess.Popen(
+        [
+            *loadgen,
+            "publish",
+            *common,
+            "--tokens",
+            setup["publisher"],
+            "--thread",
+            str(setup["thread"]),
+            "--rates",
+            opts.rates,
+            "--step-seconds",
+            str(opts.step_seconds),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert publisher.stdout is not None
     steps: list[dict[str, Any]] = []
-    loadgen = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    assert loadgen.stdout is not None
     cpu_before = cpu_seconds(server_pid)
-    for line in loadgen.stdout:
-        event = json.loads(line)
-        if event["event"] == "connected":
-            log(f"{system}: {event['receivers']} receivers connected")
-            cpu_before = cpu_seconds(server_pid)
-            continue
+    for line in publisher.stdout:
+        step = json.loads(line)
         cpu_after = cpu_seconds(server_pid)
-        event["server_cpu_us_per_delivery"] = round(
-            (cpu_after - cpu_before) * 1e6 / max(event["delivered"], 1), 1
+        step["server_cpu_seconds"], cpu_before = cpu_after - cpu_before, cpu_after
+        steps.append(step)
+        log(f"{system}: published {step['sent']} at {step['rate']:.0f} msg/s")
+    publisher.wait(timeout=60)
+    latencies: dict[str, list[int]] = {}
+    for process in receivers:
+        out, _ = process.communicate("", timeout=120)
+        for key, values in json.loads(out.strip().splitlines()[-1]).items():
+            latencies.setdefault(key, []).extend(values)
+    for step in steps:
+        values = latencies.get(str(step["step"]), [])
+        expected = step["sent"] * per_process * opts.procs
+        step.update(
+            expected=expected,
+            delivered=len(values),
+            delivered_per_second=round(len(values) / step["seconds"], 1),
+            p50_ms=_percentile(values, 0.50),
+            p99_ms=_percentile(values, 0.99),
+            server_cpu_us_per_delivery=round(
+                step["server_cpu_seconds"] * 1e6 / max(len(values), 1), 1
+            ),
         )
-        cpu_before = cpu_after
-        steps.append(event)
         log(
-            f"{system}: {event['rate']:>5.0f} msg/s → "
-            f"{event['delivered_per_second']:>8.0f} deliveries/s, "
-            f"p50 {event['p50_ms']} ms, p99 {event['p99_ms']} ms, "
-            f"{event['server_cpu_us_per_delivery']} µs CPU/delivery"
+            f"{system}: {step['rate']:>5.0f} msg/s → "
+            f"{step['delivered_per_second']:>8.0f} deliveries/s "
+            f"({len(values)}/{expected}), p50 {step['p50_ms']} ms, p99 {step['p99_ms']} ms, "
+            f"{step['server_cpu_us_per_delivery']} µs server CPU/delivery"
         )
-    loadgen.wait(timeout=120)
     return steps
 
 
@@ -195,6 +243,7 @@ def main() -> None:
     opts = parser.parse_args()
     opts.receivers = 200 if opts.quick else 1000
     opts.rates = "5,10,20,40,80" if opts.quick else "5,10,20,40,80,160,320"
+    opts.procs = 2
     opts.step_seconds = 1.5 if opts.quick else 3.0
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
@@ -210,7 +259,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="am-bench-") as tmp:
         for system in ("bare", "am"):
             log(f"starting {system}")
-            process, url, setup = start_am(Path(tmp)) if system == "am" else start_bare()
+            process, url, setup = (
+                start_am(Path(tmp), min(50, opts.receivers)) if system == "am" else start_bare()
+            )
             try:
                 steps = drive(system, url, setup, process.pid, opts)
             finally:
@@ -222,17 +273,13 @@ def main() -> None:
         "| system | deliveries/s at p99 ≤ 100 ms | p50 ms | p99 ms | server CPU µs/delivery |",
         "|---|---|---|---|---|",
     ]
-    names = {
-        "am": "Agency Messaging (1 process, SQLite)",
-        "bare": "bare websockets relay (the limit)",
-    }
     for system, data in results["systems"].items():
         top = data["best"]
         if top is None:
-            rows.append(f"| {names[system]} | n/a | n/a | n/a | n/a |")
+            rows.append(f"| {NAMES[system]} | n/a | n/a | n/a | n/a |")
         else:
             cells = [
-                names[system],
+                NAMES[system],
                 f"{top['delivered_per_second']:.0f}",
                 top["p50_ms"],
                 top["p99_ms"],
@@ -245,6 +292,35 @@ def main() -> None:
         f"rate stepped up until p99 passes 100 ms. Machine: {results['machine']}.\n\n{table}\n"
     )
     print(table)
+    plot(results, RESULTS / "latency.png")
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """p99 latency against offered rate, one line per system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for system, data in results["systems"].items():
+        steps = [s for s in data["steps"] if s["p99_ms"] >= 0]
+        axis.plot(
+            [s["rate"] * results["receivers"] for s in steps],
+            [s["p99_ms"] for s in steps],
+            marker="o",
+            label=NAMES[system],
+        )
+    axis.axhline(100, color="grey", linestyle="--", linewidth=1)
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("offered deliveries per second (messages per second times receivers)")
+    axis.set_ylabel("p99 send→deliver latency (ms)")
+    axis.set_title(f"Fan-out: {results['receivers']} receivers on one candidate")
+    axis.legend()
+    axis.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
 
 
 if __name__ == "__main__":
