@@ -89,8 +89,18 @@ async def receive(args: argparse.Namespace) -> None:
         await connection.close()
 
 
+async def _discard(connection: websockets.ClientConnection) -> None:
+    """Reads the publisher's acks, so that it never counts as a slow client itself."""
+    try:
+        async for _ in connection:
+            pass
+    except websockets.ConnectionClosed:
+        return
+
+
 async def publish(args: argparse.Namespace) -> None:
     connection = await connect(args.url, args.tokens or None)
+    reader = asyncio.create_task(_discard(connection))
     for step, rate in enumerate(float(r) for r in args.rates.split(",")):
         interval, count = 1.0 / rate, max(1, int(rate * args.step_seconds))
         started = time.perf_counter()
@@ -109,6 +119,7 @@ async def publish(args: argparse.Namespace) -> None:
             json.dumps({"step": step, "rate": rate, "sent": count, "seconds": elapsed}), flush=True
         )
         await asyncio.sleep(args.drain_seconds)
+    reader.cancel()
     await connection.close()
 
 
