@@ -46,13 +46,9 @@ class Messaging:
     ) -> tuple[Json, bool]:
         """Get-or-create a thread; returns (Thread JSON, created)."""
         async with self.db.write() as session:
-            candidate = await facts.candidate_row(
-                session, who.actor.org_pk, candidate_id, lock=True
+            candidate, access = await facts.visible_candidate(
+                session, who.actor, candidate_id, lock=True
             )
-            access = rules.require_candidate(
-                who.actor, await facts.candidate_access(session, candidate) if candidate else None
-            )
-            assert candidate is not None
             key = rules.thread_key(
                 who.actor,
                 access,

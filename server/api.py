@@ -106,11 +106,7 @@ async def _visible_candidate(
 ) -> tuple[Candidate, rules.CandidateAccess]:
     candidate_id = path_candidate(request)
     async with services(request).db.read() as session:
-        candidate = await facts.candidate_row(session, who.actor.org_pk, candidate_id)
-        access = await facts.candidate_access(session, candidate) if candidate else None
-    rules.require_candidate(who.actor, access)
-    assert candidate is not None and access is not None
-    return candidate, access
+        return await facts.visible_candidate(session, who.actor, candidate_id)
 
 
 async def list_candidates(request: Request) -> Response:

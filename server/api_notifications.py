@@ -12,9 +12,9 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from mailer import preferences
-from server import facts, rules
+from server import facts
 from server.api import principal
-from server.errors import InvalidInput
+from server.errors import InvalidInput, NotFound
 from server.http import MAX_BODY_BYTES, JSONResponse, TooLarge, read_json
 from server.pages import SECURITY_HEADERS
 from server.schemas import NotificationsIn
@@ -53,11 +53,13 @@ async def put_notifications(request: Request) -> Response:
         if body.muted_candidates is not None:
             candidate_pks = set()
             for candidate_id in set(body.muted_candidates):
-                row = await facts.candidate_row(session, who.actor.org_pk, candidate_id)
-                access = await facts.candidate_access(session, row) if row else None
-                if access is None or not rules.can_see_candidate(who.actor, access):
-                    raise InvalidInput(f"muted_candidates: no such candidate {candidate_id!r}.")
-                candidate_pks.add(access.pk)
+                try:
+                    candidate, _ = await facts.visible_candidate(session, who.actor, candidate_id)
+                except NotFound:
+                    raise InvalidInput(
+                        f"muted_candidates: no such candidate {candidate_id!r}."
+                    ) from None
+                candidate_pks.add(candidate.pk)
         await preferences.set_preferences(
             session, who.actor.pk, muted=body.muted, candidate_pks=candidate_pks
         )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server import rules
 from server.rules import PRIVATE_THREAD, Actor, CandidateAccess, ThreadRef
 from storage.models import Candidate, CandidateAgencyUser, CandidateMember, Org, Thread, User
 
@@ -74,6 +75,17 @@ async def candidate_access(session: AsyncSession, candidate: Candidate) -> Candi
         member_pks=frozenset(members),
         agency_user_pks=frozenset(agency_users),
     )
+
+
+async def visible_candidate(
+    session: AsyncSession, actor: Actor, candidate_id: str, *, lock: bool = False
+) -> tuple[Candidate, CandidateAccess]:
+    """The candidate and its access now, if the actor sees it; else NotFound (rules)."""
+    candidate = await candidate_row(session, actor.org_pk, candidate_id, lock=lock)
+    access = await candidate_access(session, candidate) if candidate else None
+    rules.require_candidate(actor, access)
+    assert candidate is not None and access is not None
+    return candidate, access
 
 
 def thread_ref(thread: Thread) -> ThreadRef:

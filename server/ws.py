@@ -33,9 +33,9 @@ from channels.connection import (
     Connection,
 )
 from mailer import outbox
-from server import facts, rules
+from server import facts
 from server.auth import SESSION_COOKIE, authenticate_token, bearer_token
-from server.errors import AppError, InvalidInput, NotFound, RateLimited, Unavailable
+from server.errors import AppError, InvalidInput, RateLimited, Unavailable
 from server.facts import Principal
 from server.http import describe_validation
 from server.middleware import UNAVAILABLE_ERRORS
@@ -309,11 +309,8 @@ async def _apply(frame: ClientFrame, conn: Connection, s: Services) -> str:
 
 async def _visible_candidate_pk(s: Services, who: Principal, candidate_id: str) -> int:
     async with s.db.read() as session:
-        candidate = await facts.candidate_row(session, who.actor.org_pk, candidate_id)
-        access = await facts.candidate_access(session, candidate) if candidate else None
-    if access is None or not rules.can_see_candidate(who.actor, access):
-        raise NotFound("No such candidate.")
-    return access.pk
+        candidate, _ = await facts.visible_candidate(session, who.actor, candidate_id)
+    return candidate.pk
 
 
 routes = [WebSocketRoute("/ws", websocket_endpoint)]
