@@ -12,6 +12,11 @@ import orjson
 
 UNREAD_CHANNEL = "am.unread"
 
+# What moved a user's unread counts. Only a new message is applied as a delta; any other
+# change makes the receiving process read the user's counts again.
+UNREAD_CREATED = "created"
+UNREAD_CHANGED = "changed"  # a read, a delete, or an access change (thread 0)
+
 
 def candidate_channel(candidate_pk: int) -> str:
     return f"am.cand.{candidate_pk}"
@@ -36,8 +41,10 @@ class RevokedEnvelope:
 class UnreadEnvelope:
     org_pk: int
     candidate_pk: int
-    thread_id: int
+    thread_id: int  # 0: the users' access to the candidate changed
     user_pks: frozenset[int]
+    change: str = UNREAD_CHANGED
+    message_id: int = 0  # the new message, for UNREAD_CREATED
 
 
 Envelope = EventEnvelope | RevokedEnvelope | UnreadEnvelope
@@ -66,6 +73,8 @@ def encode(message: Envelope) -> bytes:
         "c": message.candidate_pk,
         "t": message.thread_id,
         "u": sorted(message.user_pks),
+        "x": message.change,
+        "m": message.message_id,
     }
     return orjson.dumps(header)
 
@@ -80,7 +89,14 @@ def decode(payload: bytes) -> Envelope | None:
         if kind == "r":
             return RevokedEnvelope(header["c"], frozenset(header["u"]), bool(header["x"]))
         if kind == "u":
-            return UnreadEnvelope(header["o"], header["c"], header["t"], frozenset(header["u"]))
+            return UnreadEnvelope(
+                header["o"],
+                header["c"],
+                header["t"],
+                frozenset(header["u"]),
+                header.get("x", UNREAD_CHANGED),
+                int(header.get("m", 0)),
+            )
     except (orjson.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
         return None
     return None
@@ -89,4 +105,30 @@ def decode(payload: bytes) -> Envelope | None:
 def unsubscribed_frame(candidate_id: str, reason: str) -> str:
     return orjson.dumps(
         {"type": "unsubscribed", "candidate": candidate_id, "reason": reason}
+    ).decode()
+
+
+def unread_frame(
+    candidate_id: str, thread_id: int, unread: int, candidate_unread: int, total: int
+) -> str:
+    return orjson.dumps(
+        {
+            "type": "unread",
+            "candidate": candidate_id,
+            "thread": thread_id,
+            "unread": unread,
+            "candidate_unread": candidate_unread,
+            "total_unread": total,
+        }
+    ).decode()
+
+
+def unread_summary_frame(candidates: list[tuple[str, int]], total: int) -> str:
+    """Every candidate with unread messages, after the user's counts could have drifted."""
+    return orjson.dumps(
+        {
+            "type": "unread.summary",
+            "candidates": [{"candidate": c, "unread": n} for c, n in candidates],
+            "total_unread": total,
+        }
     ).decode()

@@ -30,15 +30,21 @@ from channels import envelope
 from channels.broker import Broker
 from channels.connection import Connection
 from channels.presence import Presence
+from channels.unread import RESYNC, ThreadSnapshot, UnreadTracker
 
 log = logging.getLogger("agency_messaging.hub")
 
 GAP_WAIT_SECONDS = 0.05
 SWEEP_SECONDS = 5.0
 PRESENCE_RENEW_SECONDS = 20.0
-UNREAD_COALESCE_SECONDS = 0.02
+# Unread changes are sent in batches: the first change after a quiet spell waits
+# UNREAD_COALESCE_SECONDS, and under a stream of messages batches go out at most every
+# UNREAD_INTERVAL_SECONDS. Each frame carries the counts as they are then, so a batch loses
+# nothing; a person does not see a blue dot move faster, and a busy candidate costs each
+# viewer a few frames a second instead of one per message.
+UNREAD_COALESCE_SECONDS = 0.05
+UNREAD_INTERVAL_SECONDS = 0.25
 REPLAY_BATCH = 500
-RESYNC = (0, 0)  # in a dirty-unread set: send the user's whole unread summary
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +71,8 @@ class EventSource(Protocol):
         self, candidate_pk: int, after: int, limit: int
     ) -> list[LoggedEvent]: ...
 
-    async def unread_frames(
-        self, connection: Connection, threads: set[tuple[int, int]]
-    ) -> list[str]:
-        """`unread` frames for one user, for (candidate_pk, thread_id) pairs; RESYNC among
-        them adds an `unread.summary` frame with every candidate's count."""
+    async def unread_snapshot(self, connection: Connection) -> list[ThreadSnapshot]:
+        """The unread counts of the connection's user, in every thread it sees."""
 
 
 @dataclass(eq=False)
@@ -125,7 +128,7 @@ class Hub:
         self._lifecycle = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
-        self._dirty_unread: dict[tuple[int, int], set[tuple[int, int]]] = defaultdict(set)
+        self.unread = UnreadTracker()
         self._unread_wakeup = asyncio.Event()
         self.on_event_dispatched: Callable[[int], None] | None = None
 
@@ -173,6 +176,7 @@ class Hub:
             peers.discard(connection)
             if not peers:
                 del self.users[connection.user_key]
+                self.unread.forget(connection.user_key)
         with contextlib.suppress(Exception):  # presence also expires by itself
             await self.presence.remove(connection.user_key, connection.id)
 
@@ -340,41 +344,46 @@ class Hub:
         # Unread events published while the link was down are lost: resend each local
         # user's whole summary.
         for user_key in self.users:
-            self._dirty_unread[user_key].add(RESYNC)
+            self.unread.invalidate(user_key, RESYNC)
         self._unread_wakeup.set()
 
     # --- unread ---------------------------------------------------------------------
 
     def _on_unread(self, message: envelope.UnreadEnvelope) -> None:
-        touched = False
-        for user_pk in message.user_pks:
-            key = (message.org_pk, user_pk)
-            if key in self.users:
-                # thread 0: the user's access changed; send the whole summary.
-                item = (message.candidate_pk, message.thread_id) if message.thread_id else RESYNC
-                self._dirty_unread[key].add(item)
-                touched = True
-        if touched:
+        local = [key for pk in message.user_pks if (key := (message.org_pk, pk)) in self.users]
+        if local:
+            self.unread.on_envelope(message, local)
             self._unread_wakeup.set()
 
     async def _unread_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_batch = float("-inf")
         while True:
             await self._unread_wakeup.wait()
-            await asyncio.sleep(UNREAD_COALESCE_SECONDS)  # one query per user per burst
+            next_batch = last_batch + UNREAD_INTERVAL_SECONDS - loop.time()
+            await asyncio.sleep(max(UNREAD_COALESCE_SECONDS, next_batch))
             self._unread_wakeup.clear()
-            dirty, self._dirty_unread = self._dirty_unread, defaultdict(set)
-            for user_key, threads in dirty.items():
-                connections = self.users.get(user_key)
-                if not connections:
-                    continue
-                try:
-                    frames = await self.source.unread_frames(next(iter(connections)), threads)
-                except Exception:
-                    log.exception("Unread counts could not be computed; the next change retries.")
-                    continue
+            last_batch = loop.time()
+            for user_key in list(self.unread.stale):
+                await self._load_unread(user_key)
+            for user_key, frames in self.unread.take_frames().items():
                 for connection in list(self.users.get(user_key, ())):
                     for frame in frames:
                         connection.send(frame)
+
+    async def _load_unread(self, user_key: tuple[int, int]) -> None:
+        connections = self.users.get(user_key)
+        if not connections:
+            self.unread.forget(user_key)
+            return
+        self.unread.begin_load(user_key)
+        try:
+            rows = await self.source.unread_snapshot(next(iter(connections)))
+        except Exception:
+            log.exception("Unread counts could not be read; the next change retries.")
+            self.unread.load_failed(user_key)
+            return
+        self.unread.load(user_key, rows)
 
     # --- background loops -----------------------------------------------------------
 

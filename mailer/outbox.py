@@ -193,14 +193,18 @@ class AlertScheduler:
     ) -> int:
         """Records the author as involved and queues alerts for involved users who are
         offline and not muted. Returns how many alerts were queued or joined."""
-        await session.execute(
-            _insert(session)(ThreadPoster)
-            .values(thread_id=thread.id, user_pk=author_pk)
-            .on_conflict_do_nothing(index_elements=["thread_id", "user_pk"])
+        posters = set(
+            await session.scalars(
+                select(ThreadPoster.user_pk).where(ThreadPoster.thread_id == thread.id)
+            )
         )
-        posters = await session.scalars(
-            select(ThreadPoster.user_pk).where(ThreadPoster.thread_id == thread.id)
-        )
+        if author_pk not in posters:  # the candidate row lock keeps this check race-free
+            await session.execute(
+                _insert(session)(ThreadPoster)
+                .values(thread_id=thread.id, user_pk=author_pk)
+                .on_conflict_do_nothing(index_elements=["thread_id", "user_pk"])
+            )
+            posters.add(author_pk)
         recipients = set(rules.alert_recipients(access, thread, posters, author_pk))
         recipients -= await muted_among(session, recipients, access.pk)
         try:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import jwt
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import EmailMute, EmailOutbox, User
@@ -37,15 +37,15 @@ async def muted_among(
     wanted = sorted(set(user_pks))
     if not wanted:
         return set()
-    everything = await session.scalars(
-        select(User.pk).where(User.pk.in_(wanted), User.email_muted.is_(True))
-    )
-    this_one = await session.scalars(
-        select(EmailMute.user_pk).where(
-            EmailMute.user_pk.in_(wanted), EmailMute.candidate_pk == candidate_pk
+    muted = await session.scalars(
+        union(
+            select(User.pk).where(User.pk.in_(wanted), User.email_muted.is_(True)),
+            select(EmailMute.user_pk).where(
+                EmailMute.user_pk.in_(wanted), EmailMute.candidate_pk == candidate_pk
+            ),
         )
     )
-    return set(everything) | set(this_one)
+    return set(muted)
 
 
 async def set_preferences(

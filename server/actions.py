@@ -19,7 +19,7 @@ from server.errors import InvalidInput, NotFound
 from server.events import CandidateEvent, DomainEvent, EventSink, UnreadTouched
 from server.facts import Principal
 from server.rules import ThreadKey
-from server.views import MessageRow, messages_by_id, thread_unread, threads_json
+from server.views import MessageRow, message_json, messages_by_id, thread_unread, threads_json
 from storage.database import Database
 from storage.models import Candidate, Event, Message, ReadMarker, Thread, User, utcnow
 
@@ -159,8 +159,8 @@ class Messaging:
                     message_id=message.id,
                     author_pk=who.actor.pk,
                 )
-            row = (await messages_by_id(session, [message.id]))[message.id]
-            payload = row.to_json()
+            # The Message JSON from what is in hand: no read back.
+            payload = message_json(message, who.user_json(), candidate.ext_id)
             events = _thread_events(
                 "message.created", candidate, seq, access, thread, message.id, payload, who.actor.pk
             )
@@ -322,6 +322,11 @@ def _thread_events(
         author_pk=author_pk,
     )
     touched = UnreadTouched(
-        candidate.org_pk, candidate.pk, candidate.ext_id, thread.id, audience - {author_pk}
+        candidate.org_pk,
+        candidate.pk,
+        candidate.ext_id,
+        thread.id,
+        audience - {author_pk},
+        new_message_id=message_id if kind == "message.created" else 0,
     )
     return [event, touched]

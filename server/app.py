@@ -101,6 +101,7 @@ def create_app(
         async with AsyncExitStack() as stack:
             db = Database(settings.database_url)
             stack.push_async_callback(db.close)
+            metrics.count_sql_statements(lambda: db.statements)
             await prepare_schema(db, settings, auto_migrate)
             broker = create_broker(settings.broker_url)
             presence = create_presence(settings.broker_url)

@@ -11,7 +11,8 @@ import orjson
 from sqlalchemy import delete, func, select
 
 from channels.connection import Connection
-from channels.hub import RESYNC, LoggedEvent, ReplayWindow
+from channels.hub import LoggedEvent, ReplayWindow
+from channels.unread import ThreadSnapshot
 from server import facts, rules, views
 from server.facts import Principal
 from storage.database import Database
@@ -41,21 +42,6 @@ def candidate_frame(
     else:
         body["message_id"] = message_id
     return orjson.dumps(body).decode()
-
-
-def unread_frame(
-    candidate_id: str, thread_id: int, unread: int, candidate_unread: int, total: int
-) -> str:
-    return orjson.dumps(
-        {
-            "type": "unread",
-            "candidate": candidate_id,
-            "thread": thread_id,
-            "unread": unread,
-            "candidate_unread": candidate_unread,
-            "total_unread": total,
-        }
-    ).decode()
 
 
 class SqlEventSource:
@@ -104,48 +90,11 @@ class SqlEventSource:
                 out.append(LoggedEvent(event.seq, rules.thread_viewers(access, ref), frame))
             return out
 
-    async def unread_frames(
-        self, connection: Connection, threads: set[tuple[int, int]]
-    ) -> list[str]:
+    async def unread_snapshot(self, connection: Connection) -> list[ThreadSnapshot]:
         who: Principal = connection.context
         async with self.db.read() as session:
-            unread = await views.unread_threads(session, who.actor)
-            wanted_pks = {pk for pk, _ in threads if pk} | {u.candidate_pk for u in unread}
-            ids = dict(
-                (
-                    await session.execute(
-                        select(Candidate.pk, Candidate.ext_id).where(Candidate.pk.in_(wanted_pks))
-                    )
-                ).all()
-            )
-        by_thread = {u.thread_id: u.unread for u in unread}
-        by_candidate: dict[int, int] = {}
-        for u in unread:
-            by_candidate[u.candidate_pk] = by_candidate.get(u.candidate_pk, 0) + u.unread
-        total = sum(by_candidate.values())
-        frames = [
-            unread_frame(
-                ids[candidate_pk],
-                thread_id,
-                by_thread.get(thread_id, 0),
-                by_candidate.get(candidate_pk, 0),
-                total,
-            )
-            for candidate_pk, thread_id in sorted(threads)
-            if (candidate_pk, thread_id) != RESYNC and candidate_pk in ids
-        ]
-        if RESYNC in threads:
-            summary = [
-                {"candidate": ids[pk], "unread": n}
-                for pk, n in sorted(by_candidate.items())
-                if pk in ids
-            ]
-            frames.append(
-                orjson.dumps(
-                    {"type": "unread.summary", "candidates": summary, "total_unread": total}
-                ).decode()
-            )
-        return frames
+            rows = await views.unread_snapshot(session, who.actor)
+        return [ThreadSnapshot(*row) for row in rows]
 
 
 async def prune_events(db: Database, retention_days: int) -> int:

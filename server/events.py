@@ -38,6 +38,7 @@ class UnreadTouched:
     candidate_id: str
     thread_id: int
     user_pks: frozenset[int]
+    new_message_id: int = 0  # set when a new message is the change: counted as a delta
 
 
 @dataclass(frozen=True, slots=True)

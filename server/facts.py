@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server import rules
@@ -28,6 +28,10 @@ class Principal:
     @property
     def key(self) -> tuple[int, int]:
         return (self.actor.org_pk, self.actor.pk)
+
+    def user_json(self) -> dict[str, str]:
+        """The contract's `User` for this principal (its name as of authentication)."""
+        return {"id": self.user_id, "name": self.name, "kind": self.actor.kind}
 
 
 async def load_principal(session: AsyncSession, org_id: str, user_id: str) -> Principal | None:
@@ -62,12 +66,21 @@ async def candidate_row_by_pk(
 
 
 async def candidate_access(session: AsyncSession, candidate: Candidate) -> CandidateAccess:
-    members = await session.scalars(
-        select(CandidateMember.user_pk).where(CandidateMember.candidate_pk == candidate.pk)
+    # One round trip for both lists: this runs on every read and write of a candidate.
+    rows = await session.execute(
+        union_all(
+            select(literal(True), CandidateMember.user_pk).where(
+                CandidateMember.candidate_pk == candidate.pk
+            ),
+            select(literal(False), CandidateAgencyUser.user_pk).where(
+                CandidateAgencyUser.candidate_pk == candidate.pk
+            ),
+        )
     )
-    agency_users = await session.scalars(
-        select(CandidateAgencyUser.user_pk).where(CandidateAgencyUser.candidate_pk == candidate.pk)
-    )
+    members: set[int] = set()
+    agency_users: set[int] = set()
+    for is_member, user_pk in rows:
+        (members if is_member else agency_users).add(user_pk)
     return CandidateAccess(
         pk=candidate.pk,
         org_pk=candidate.org_pk,

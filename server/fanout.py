@@ -37,7 +37,12 @@ def to_envelopes(events: Sequence[DomainEvent]) -> list[tuple[str, bytes]]:
         elif isinstance(event, UnreadTouched):
             if event.user_pks:
                 message = envelope.UnreadEnvelope(
-                    event.org_pk, event.candidate_pk, event.thread_id, event.user_pks
+                    event.org_pk,
+                    event.candidate_pk,
+                    event.thread_id,
+                    event.user_pks,
+                    envelope.UNREAD_CREATED if event.new_message_id else envelope.UNREAD_CHANGED,
+                    event.new_message_id,
                 )
                 out.append((envelope.UNREAD_CHANNEL, envelope.encode(message)))
         elif isinstance(event, AccessRevoked):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -33,7 +35,15 @@ class Metrics:
         self.ws_closed = Counter(
             "am_ws_closed", "WebSocket connections closed, by close code.", ["code"], registry=r
         )
+        self.sql_statements = Gauge(
+            "am_sql_statements",
+            "SQL statements sent to the database by this process since it started.",
+            registry=r,
+        )
         self.emails = Counter("am_emails", "Email alerts, by outcome.", ["outcome"], registry=r)
+
+    def count_sql_statements(self, read: Callable[[], int]) -> None:
+        self.sql_statements.set_function(read)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, literal, or_, select, union
+from sqlalchemy import ColumnElement, Select, and_, case, func, literal, or_, select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.rules import AGENCY_THREAD, Actor
@@ -45,17 +45,21 @@ class MessageRow:
     candidate_id: str
 
     def to_json(self) -> Json:
-        m = self.message
-        return {
-            "id": m.id,
-            "thread": m.thread_id,
-            "candidate": self.candidate_id,
-            "author": user_json(self.author),
-            "body": None if m.deleted else m.body,
-            "created_at": iso(m.created_at),
-            "deleted": m.deleted,
-            "client_id": m.client_id,
-        }
+        return message_json(self.message, user_json(self.author), self.candidate_id)
+
+
+def message_json(m: Message, author: Json | None, candidate_id: str) -> Json:
+    """The contract's `Message`."""
+    return {
+        "id": m.id,
+        "thread": m.thread_id,
+        "candidate": candidate_id,
+        "author": author,
+        "body": None if m.deleted else m.body,
+        "created_at": iso(m.created_at),
+        "deleted": m.deleted,
+        "client_id": m.client_id,
+    }
 
 
 def _message_query() -> Select[Message, User, str]:
@@ -194,6 +198,38 @@ async def unread_threads(
         query = query.where(Thread.candidate_pk == candidate_pk)
     rows = await session.execute(query)
     return [UnreadThread(t, c, n, newest_id) for t, c, n, newest_id in rows if n]
+
+
+async def unread_snapshot(
+    session: AsyncSession, actor: Actor
+) -> list[tuple[int, int, str, int, int, int]]:
+    """Every thread the actor sees, unread or not: (thread id, candidate pk, candidate id,
+    unread, last message id, marker). One statement, so each count and the last message id
+    it was counted up to come from the same snapshot of the database."""
+    marker = func.coalesce(ReadMarker.message_id, literal(0))
+    last = func.coalesce(Thread.last_message_id, literal(0))
+    count = (
+        select(func.count())
+        .where(*_unread_conditions(actor.pk, marker), Message.id <= Thread.last_message_id)
+        .correlate(Thread, ReadMarker)
+        .scalar_subquery()
+    )
+    query = (
+        select(
+            Thread.id,
+            Thread.candidate_pk,
+            Candidate.ext_id,
+            case((last > marker, count), else_=literal(0)),
+            last,
+            marker,
+        )
+        .join(Candidate, Candidate.pk == Thread.candidate_pk)
+        .outerjoin(
+            ReadMarker, and_(ReadMarker.thread_id == Thread.id, ReadMarker.user_pk == actor.pk)
+        )
+        .where(thread_visible(actor))
+    )
+    return [tuple(row) for row in await session.execute(query)]  # type: ignore[misc]
 
 
 async def thread_unread(session: AsyncSession, user_pk: int, thread_id: int) -> int:

@@ -18,6 +18,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from storage.sqlite_inline import inline_creator
+
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 # These loggers write SQL parameters (message bodies, emails) at DEBUG/INFO: never let a
@@ -50,6 +52,7 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         return create_async_engine(url, **kwargs)
 
     _prepare_sqlite_file(url)
+    kwargs.setdefault("async_creator", inline_creator(make_url(url).database or ":memory:"))
     engine = create_async_engine(url, **kwargs)
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -87,6 +90,11 @@ class Database:
         self.engine = create_engine(url, **engine_kwargs)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.sqlite else None
+        self.statements = 0  # SQL statements sent, for /metrics and the benchmarks
+        event.listen(self.engine.sync_engine, "before_cursor_execute", self._count_statement)
+
+    def _count_statement(self, *_args: Any) -> None:
+        self.statements += 1
 
     @property
     def dialect(self) -> str:

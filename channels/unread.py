@@ -1,0 +1,182 @@
+"""Unread counts of this process's connected users, kept up to date from events.
+
+A user's counts are read from SQL once (a *snapshot*), then moved by the `message.created`
+events that reach the process: a new message is one more unread for every viewer but its
+author, unless the reader's marker is already past it. Anything rarer (a read, a delete, an
+access change, an unknown thread, a lost broker link) makes the user's counts be read again.
+So a message to a thousand viewers costs a thousand dictionary updates, not a thousand
+queries.
+
+Why an event is never counted twice or missed: each thread's snapshot row carries the
+thread's `last_message_id` (its *watermark*) read in the same statement as the count.
+Messages of a thread commit in id order, so every message up to the watermark is in the
+count, and every later one arrives as an event; events up to the watermark are ignored,
+later ones are counted once each. Events that arrive while a snapshot is being read are
+held and applied to the new snapshot.
+
+This module does no I/O: the hub reads snapshots and sends the frames it builds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from channels import envelope
+
+RESYNC = (0, 0)  # in a set of touched threads: send the user's whole unread summary
+UserKey = tuple[int, int]  # (org_pk, user_pk)
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadSnapshot:
+    thread_id: int
+    candidate_pk: int
+    candidate_id: str
+    unread: int
+    watermark: int  # the thread's last_message_id when `unread` was counted
+    marker: int  # the user's read marker in the thread (0: none)
+
+
+@dataclass(slots=True)
+class _ThreadCount:
+    candidate_pk: int
+    unread: int
+    watermark: int
+    marker: int
+    counted: set[int] = field(default_factory=set)  # ids above the watermark, counted
+
+
+@dataclass(slots=True)
+class _UserCounts:
+    threads: dict[int, _ThreadCount] = field(default_factory=dict)
+    candidate_ids: dict[int, str] = field(default_factory=dict)
+    loaded: bool = False
+    held: list[envelope.UnreadEnvelope] = field(default_factory=list)
+
+
+class UnreadTracker:
+    def __init__(self) -> None:
+        self._users: dict[UserKey, _UserCounts] = {}
+        self.stale: set[UserKey] = set()  # users whose counts must be read from SQL
+        self.touched: dict[UserKey, set[tuple[int, int]]] = {}  # (candidate_pk, thread_id)
+
+    # --- users ----------------------------------------------------------------------
+
+    def forget(self, user: UserKey) -> None:
+        """The user's last local connection closed."""
+        self._users.pop(user, None)
+        self.stale.discard(user)
+        self.touched.pop(user, None)
+
+    def invalidate(self, user: UserKey, touch: tuple[int, int]) -> None:
+        """Read this user's counts again, then send `touch` (a thread, or RESYNC)."""
+        counts = self._users.setdefault(user, _UserCounts())
+        counts.loaded = False
+        self.stale.add(user)
+        self.touched.setdefault(user, set()).add(touch)
+
+    def begin_load(self, user: UserKey) -> None:
+        """A snapshot read starts: events from now on are held for it."""
+        counts = self._users.setdefault(user, _UserCounts())
+        counts.loaded = False
+        counts.held.clear()
+        self.stale.discard(user)
+
+    def load(self, user: UserKey, rows: Iterable[ThreadSnapshot]) -> None:
+        counts = self._users.get(user)
+        if counts is None:
+            return  # disconnected meanwhile
+        held, counts.held = counts.held, []
+        counts.threads = {
+            r.thread_id: _ThreadCount(r.candidate_pk, r.unread, r.watermark, r.marker) for r in rows
+        }
+        counts.candidate_ids = {}
+        for r in rows:
+            counts.candidate_ids[r.candidate_pk] = r.candidate_id
+        counts.loaded = True
+        for message in held:
+            self._apply(user, counts, message)
+
+    def load_failed(self, user: UserKey) -> None:
+        self.stale.add(user)
+
+    # --- events ---------------------------------------------------------------------
+
+    def on_envelope(self, message: envelope.UnreadEnvelope, local: Iterable[UserKey]) -> None:
+        """`local`: the users in the envelope with a connection on this process."""
+        for user in local:
+            counts = self._users.get(user)
+            if message.change != envelope.UNREAD_CREATED:
+                item = (message.candidate_pk, message.thread_id) if message.thread_id else RESYNC
+                self.invalidate(user, item)
+            elif counts is None:
+                self.invalidate(user, (message.candidate_pk, message.thread_id))
+            elif not counts.loaded:
+                # A snapshot is pending or being read: hold the event for it.
+                counts.held.append(message)
+                self.touched.setdefault(user, set()).add((message.candidate_pk, message.thread_id))
+            else:
+                self._apply(user, counts, message)
+
+    def _apply(self, user: UserKey, counts: _UserCounts, message: envelope.UnreadEnvelope) -> None:
+        thread = counts.threads.get(message.thread_id)
+        if thread is None or message.candidate_pk not in counts.candidate_ids:
+            # A thread this snapshot does not know (new to the user): count it from SQL.
+            self.invalidate(user, (message.candidate_pk, message.thread_id))
+            return
+        self.touched.setdefault(user, set()).add((message.candidate_pk, message.thread_id))
+        mid = message.message_id
+        if mid <= thread.watermark or mid in thread.counted or mid <= thread.marker:
+            return
+        thread.counted.add(mid)
+        thread.unread += 1
+
+    # --- frames ---------------------------------------------------------------------
+
+    def take_frames(self) -> dict[UserKey, list[str]]:
+        """Frames for every loaded user with touched threads; those users are done."""
+        out: dict[UserKey, list[str]] = {}
+        for user, items in list(self.touched.items()):
+            counts = self._users.get(user)
+            if counts is None:
+                del self.touched[user]
+                continue
+            if not counts.loaded:
+                continue
+            del self.touched[user]
+            frames = self._frames(counts, items)
+            if frames:
+                out[user] = frames
+        return out
+
+    def _frames(self, counts: _UserCounts, items: set[tuple[int, int]]) -> list[str]:
+        by_candidate: dict[int, int] = {}
+        for count in counts.threads.values():
+            by_candidate[count.candidate_pk] = (
+                by_candidate.get(count.candidate_pk, 0) + count.unread
+            )
+        total = sum(by_candidate.values())
+        frames = []
+        for candidate_pk, thread_id in sorted(items):
+            thread = counts.threads.get(thread_id)
+            candidate_id = counts.candidate_ids.get(candidate_pk)
+            if (candidate_pk, thread_id) == RESYNC or thread is None or candidate_id is None:
+                continue
+            frames.append(
+                envelope.unread_frame(
+                    candidate_id,
+                    thread_id,
+                    thread.unread,
+                    by_candidate.get(candidate_pk, 0),
+                    total,
+                )
+            )
+        if RESYNC in items:
+            summary = [
+                (counts.candidate_ids[pk], n)
+                for pk, n in sorted(by_candidate.items())
+                if n and pk in counts.candidate_ids
+            ]
+            frames.append(envelope.unread_summary_frame(summary, total))
+        return frames
