@@ -60,7 +60,7 @@ async def enqueue(
         index_elements=["user_pk", "thread_id"],
         index_where=text(f"status = '{PENDING}'"),
     )
-    await session.execute(statement, rows)
+    await (await session.connection()).execute(statement, rows)
 
 
 async def cancel_for_user(db: Database, user_pk: int) -> int:
@@ -193,20 +193,21 @@ class AlertScheduler:
     ) -> int:
         """Records the author as involved and queues alerts for involved users who are
         offline and not muted. Returns how many alerts were queued or joined."""
+        conn = await session.connection()  # Core statements: this runs on every send
         posters = set(
-            await session.scalars(
+            await conn.scalars(
                 select(ThreadPoster.user_pk).where(ThreadPoster.thread_id == thread.id)
             )
         )
         if author_pk not in posters:  # the candidate row lock keeps this check race-free
-            await session.execute(
+            await conn.execute(
                 _insert(session)(ThreadPoster)
                 .values(thread_id=thread.id, user_pk=author_pk)
                 .on_conflict_do_nothing(index_elements=["thread_id", "user_pk"])
             )
             posters.add(author_pk)
         recipients = set(rules.alert_recipients(access, thread, posters, author_pk))
-        recipients -= await muted_among(session, recipients, access.pk)
+        recipients -= await muted_among(conn, recipients, access.pk)
         try:
             online = await self.presence.online([(org_pk, pk) for pk in sorted(recipients)])
         except Exception:  # presence down: queue for all; the worker checks again at send time

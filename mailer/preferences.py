@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import jwt
 from sqlalchemy import delete, select, union
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from storage.models import EmailMute, EmailOutbox, User
 
@@ -32,7 +32,7 @@ async def is_muted(session: AsyncSession, user_pk: int, candidate_pk: int) -> bo
 
 
 async def muted_among(
-    session: AsyncSession, user_pks: Iterable[int], candidate_pk: int
+    session: AsyncSession | AsyncConnection, user_pks: Iterable[int], candidate_pk: int
 ) -> set[int]:
     wanted = sorted(set(user_pks))
     if not wanted:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from mailer.outbox import AlertScheduler
 from server import facts, rules
@@ -124,45 +124,55 @@ class Messaging:
         self, who: Principal, thread_id: int, body: str, client_id: str | None
     ) -> tuple[Json, bool]:
         async with self.db.write() as session:
-            thread, candidate, access = await self._locked_thread(session, who, thread_id)
-            rules.check_post(who.actor, access, facts.thread_ref(thread))
+            conn = await session.connection()
+            target = await self._locked_target(conn, who, thread_id)
+            rules.check_post(who.actor, target.access, target.ref)
             if client_id is not None:
-                earlier = await session.scalar(
+                earlier = await conn.scalar(
                     select(Message.id).where(
                         Message.author_pk == who.actor.pk, Message.client_id == client_id
                     )
                 )
                 if earlier is not None:
                     row = (await messages_by_id(session, [earlier]))[earlier]
-                    rules.check_read(who.actor, access, await self._ref_of(session, row))
+                    rules.check_read(who.actor, target.access, await self._ref_of(session, row))
                     return row.to_json(), False
             message = Message(
-                thread_id=thread.id,
-                candidate_pk=candidate.pk,
+                thread_id=target.ref.id,
+                candidate_pk=target.ref.candidate_pk,
                 author_pk=who.actor.pk,
                 body=body,
                 client_id=client_id,
                 created_at=utcnow(),
+                deleted=False,
             )
-            session.add(message)
-            await session.flush()
-            thread.last_message_id = message.id
-            seq = await self._append_event(
-                session, candidate, "message.created", thread, message.id
-            )
+            # Core statements on the session's connection: the ORM's unit of work costs
+            # more than SQLite itself on this, the hottest write.
+            values = {
+                "thread_id": message.thread_id,
+                "candidate_pk": message.candidate_pk,
+                "author_pk": message.author_pk,
+                "body": body,
+                "client_id": client_id,
+                "created_at": message.created_at,
+                "deleted": False,
+            }
+            message.id = (await conn.execute(_INSERT_MESSAGE, values)).scalar_one()
+            await conn.execute(_SET_LAST_MESSAGE, {"t": target.ref.id, "m": message.id})
+            seq = await self._append_event(conn, target, "message.created", message.id)
             if self.alerts is not None:
                 await self.alerts.message_posted(
                     session,
-                    access=access,
-                    thread=facts.thread_ref(thread),
-                    org_pk=candidate.org_pk,
+                    access=target.access,
+                    thread=target.ref,
+                    org_pk=who.actor.org_pk,
                     message_id=message.id,
                     author_pk=who.actor.pk,
                 )
             # The Message JSON from what is in hand: no read back.
-            payload = message_json(message, who.user_json(), candidate.ext_id)
+            payload = message_json(message, who.user_json(), target.candidate_id)
             events = _thread_events(
-                "message.created", candidate, seq, access, thread, message.id, payload, who.actor.pk
+                "message.created", target, seq, message.id, payload, who.actor.pk
             )
         await self.sink.publish(events)
         return payload, True
@@ -186,57 +196,61 @@ class Messaging:
     async def delete(self, who: Principal, message_id: int) -> None:
         """Erases a message's text and leaves a tombstone. Deleting a tombstone is a no-op."""
         async with self.db.write() as session:
-            message = await session.get(Message, message_id)
-            if message is None:
+            conn = await session.connection()
+            found = (
+                await conn.execute(
+                    select(Message.thread_id, Message.author_pk, Message.deleted).where(
+                        Message.id == message_id
+                    )
+                )
+            ).first()
+            if found is None:
                 raise NotFound("No such message.")
-            thread, candidate, access = await self._locked_thread(
-                session, who, message.thread_id, missing="No such message."
+            target = await self._locked_target(
+                conn, who, found.thread_id, missing="No such message."
             )
-            rules.check_delete(who.actor, access, facts.thread_ref(thread), message.author_pk)
-            if message.deleted:
+            rules.check_delete(who.actor, target.access, target.ref, found.author_pk)
+            if found.deleted:
                 return
-            message.deleted = True
-            message.body = None
-            seq = await self._append_event(
-                session, candidate, "message.deleted", thread, message.id
+            await conn.execute(
+                update(Message).where(Message.id == message_id).values(deleted=True, body=None)
             )
-            events = _thread_events(
-                "message.deleted", candidate, seq, access, thread, message.id, None, who.actor.pk
-            )
+            seq = await self._append_event(conn, target, "message.deleted", message_id)
+            events = _thread_events("message.deleted", target, seq, message_id, None, who.actor.pk)
         await self.sink.publish(events)
 
     async def mark_read(self, who: Principal, thread_id: int, message_id: int) -> int:
         """Moves the caller's read marker forward (never back); returns the thread's unread."""
         moved = False
         async with self.db.write() as session:
-            thread, candidate, access = await self._locked_thread(
-                session, who, thread_id, lock=False
-            )
-            rules.check_read(who.actor, access, facts.thread_ref(thread))
+            conn = await session.connection()
+            target = await self._locked_target(conn, who, thread_id, lock=False)
+            rules.check_read(who.actor, target.access, target.ref)
+            thread_id = target.ref.id
             in_thread = await session.scalar(
-                select(Message.id).where(Message.id == message_id, Message.thread_id == thread.id)
+                select(Message.id).where(Message.id == message_id, Message.thread_id == thread_id)
             )
             if in_thread is None:
                 raise InvalidInput("message_id is not a message of this thread.")
-            marker = await session.get(ReadMarker, (who.actor.pk, thread.id))
+            marker = await session.get(ReadMarker, (who.actor.pk, thread_id))
             if marker is None:
                 session.add(
-                    ReadMarker(user_pk=who.actor.pk, thread_id=thread.id, message_id=message_id)
+                    ReadMarker(user_pk=who.actor.pk, thread_id=thread_id, message_id=message_id)
                 )
                 moved = True
             elif marker.message_id < message_id:
                 marker.message_id = message_id
                 moved = True
             await session.flush()
-            unread = await thread_unread(session, who.actor.pk, thread.id)
+            unread = await thread_unread(session, who.actor.pk, thread_id)
         if moved:
             await self.sink.publish(
                 [
                     UnreadTouched(
-                        candidate.org_pk,
-                        candidate.pk,
-                        candidate.ext_id,
-                        thread.id,
+                        who.actor.org_pk,
+                        target.ref.candidate_pk,
+                        target.candidate_id,
+                        thread_id,
                         frozenset({who.actor.pk}),
                     )
                 ]
@@ -245,75 +259,107 @@ class Messaging:
 
     # --- shared steps ---------------------------------------------------------------
 
-    async def _locked_thread(
+    async def _locked_target(
         self,
-        session: AsyncSession,
+        conn: AsyncConnection,
         who: Principal,
         thread_id: int,
         *,
         missing: str = "No such thread.",
         lock: bool = True,
-    ) -> tuple[Thread, Candidate, rules.CandidateAccess]:
+    ) -> Target:
         """The thread, its candidate (row-locked: writes to one candidate are serialised, so
-        that seqs and message ids commit in order) and the candidate's access now."""
-        thread = await facts.thread_row(session, who.actor.org_pk, thread_id)
-        if thread is None:
+        that seqs and message ids commit in order) and the candidate's access now. A thread
+        the caller may not see is NotFound, as one that does not exist."""
+        query = _LOCKED_TARGET if lock else _TARGET
+        row = (await conn.execute(query, {"t": thread_id, "o": who.actor.org_pk})).first()
+        if row is None:
             raise NotFound(missing)
-        candidate = await facts.candidate_row_by_pk(session, thread.candidate_pk, lock=lock)
-        if candidate is None:
+        ref = rules.ThreadRef(
+            id=row.id,
+            candidate_pk=row.candidate_pk,
+            kind=row.kind,
+            agency_user_pk=row.agency_user_pk,
+            member_pk=row.member_pk,
+        )
+        access = await facts.access_of(conn, row.candidate_pk, who.actor.org_pk, row.coordinator_pk)
+        if not rules.can_see_thread(who.actor, access, ref):
             raise NotFound(missing)
-        access = await facts.candidate_access(session, candidate)
-        if not rules.can_see_thread(who.actor, access, facts.thread_ref(thread)):
-            raise NotFound(missing)
-        return thread, candidate, access
+        return Target(ref, access, row.ext_id)
 
     async def _append_event(
-        self,
-        session: AsyncSession,
-        candidate: Candidate,
-        kind: str,
-        thread: Thread,
-        message_id: int,
+        self, conn: AsyncConnection, target: Target, kind: str, message_id: int
     ) -> int:
-        seq: int = (
-            await session.execute(
-                update(Candidate)
-                .where(Candidate.pk == candidate.pk)
-                .values(last_seq=Candidate.last_seq + 1)
-                .returning(Candidate.last_seq)
-            )
-        ).scalar_one()
-        session.add(
-            Event(
-                candidate_pk=candidate.pk,
-                seq=seq,
-                kind=kind,
-                thread_id=thread.id,
-                message_id=message_id,
-                created_at=utcnow(),
-            )
+        candidate_pk = target.ref.candidate_pk
+        seq: int = (await conn.execute(_NEXT_SEQ, {"c": candidate_pk})).scalar_one()
+        await conn.execute(
+            _INSERT_EVENT,
+            {
+                "candidate_pk": candidate_pk,
+                "seq": seq,
+                "kind": kind,
+                "thread_id": target.ref.id,
+                "message_id": message_id,
+                "created_at": utcnow(),
+            },
         )
         return seq
 
 
+# The statements of the send path, built once: building a statement costs more than
+# running it on SQLite.
+_TARGET = (
+    select(
+        Thread.id,
+        Thread.candidate_pk,
+        Thread.kind,
+        Thread.agency_user_pk,
+        Thread.member_pk,
+        Candidate.ext_id,
+        Candidate.coordinator_pk,
+    )
+    .join(Candidate, Candidate.pk == Thread.candidate_pk)
+    .where(Thread.id == bindparam("t"), Thread.org_pk == bindparam("o"))
+)
+_LOCKED_TARGET = _TARGET.with_for_update(of=Candidate)  # SQLite: the write lock already
+_INSERT_MESSAGE = insert(Message).returning(Message.id)
+_SET_LAST_MESSAGE = (
+    update(Thread).where(Thread.id == bindparam("t")).values(last_message_id=bindparam("m"))
+)
+_NEXT_SEQ = (
+    update(Candidate)
+    .where(Candidate.pk == bindparam("c"))
+    .values(last_seq=Candidate.last_seq + 1)
+    .returning(Candidate.last_seq)
+)
+_INSERT_EVENT = insert(Event)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A thread being written to: what the rules need, and the candidate's external id."""
+
+    ref: rules.ThreadRef
+    access: rules.CandidateAccess
+    candidate_id: str
+
+
 def _thread_events(
     kind: str,
-    candidate: Candidate,
+    target: Target,
     seq: int,
-    access: rules.CandidateAccess,
-    thread: Thread,
     message_id: int,
     payload: Json | None,
     author_pk: int,
 ) -> list[DomainEvent]:
     """The candidate event of a message change, and the unread counts it touches."""
-    ref = facts.thread_ref(thread)
+    ref, access = target.ref, target.access
     audience = rules.thread_viewers(access, ref)
     event = CandidateEvent(
         type=kind,
-        org_pk=candidate.org_pk,
-        candidate_pk=candidate.pk,
-        candidate_id=candidate.ext_id,
+        org_pk=access.org_pk,
+        candidate_pk=ref.candidate_pk,
+        candidate_id=target.candidate_id,
         seq=seq,
         thread=ref,
         message_id=message_id,
@@ -322,10 +368,10 @@ def _thread_events(
         author_pk=author_pk,
     )
     touched = UnreadTouched(
-        candidate.org_pk,
-        candidate.pk,
-        candidate.ext_id,
-        thread.id,
+        access.org_pk,
+        ref.candidate_pk,
+        target.candidate_id,
+        ref.id,
         audience - {author_pk},
         new_message_id=message_id if kind == "message.created" else 0,
     )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import literal, select, union_all
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import bindparam, literal, select, union_all
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from server import rules
 from server.rules import PRIVATE_THREAD, Actor, CandidateAccess, ThreadRef
@@ -65,26 +65,33 @@ async def candidate_row_by_pk(
     return (await session.execute(query)).scalar_one_or_none()
 
 
+# Both lists in one round trip, built once: this runs on every read and write of a candidate.
+_ACCESS = union_all(
+    select(literal(True), CandidateMember.user_pk).where(
+        CandidateMember.candidate_pk == bindparam("c")
+    ),
+    select(literal(False), CandidateAgencyUser.user_pk).where(
+        CandidateAgencyUser.candidate_pk == bindparam("c")
+    ),
+)
+
+
 async def candidate_access(session: AsyncSession, candidate: Candidate) -> CandidateAccess:
-    # One round trip for both lists: this runs on every read and write of a candidate.
-    rows = await session.execute(
-        union_all(
-            select(literal(True), CandidateMember.user_pk).where(
-                CandidateMember.candidate_pk == candidate.pk
-            ),
-            select(literal(False), CandidateAgencyUser.user_pk).where(
-                CandidateAgencyUser.candidate_pk == candidate.pk
-            ),
-        )
-    )
+    return await access_of(session, candidate.pk, candidate.org_pk, candidate.coordinator_pk)
+
+
+async def access_of(
+    db: AsyncSession | AsyncConnection, candidate_pk: int, org_pk: int, coordinator_pk: int | None
+) -> CandidateAccess:
+    rows = await db.execute(_ACCESS, {"c": candidate_pk})
     members: set[int] = set()
     agency_users: set[int] = set()
     for is_member, user_pk in rows:
         (members if is_member else agency_users).add(user_pk)
     return CandidateAccess(
-        pk=candidate.pk,
-        org_pk=candidate.org_pk,
-        coordinator_pk=candidate.coordinator_pk,
+        pk=candidate_pk,
+        org_pk=org_pk,
+        coordinator_pk=coordinator_pk,
         member_pks=frozenset(members),
         agency_user_pks=frozenset(agency_users),
     )
