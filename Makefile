@@ -31,7 +31,10 @@ test: $(VENV)/.dev
 	$(BIN)/pytest
 
 # Benchmarks, never part of `make test`: `make bench` (full) or `make bench QUICK=1`.
+# It installs what it needs: PostgreSQL and Redis (Debian packages), matplotlib, and each
+# peer in its own environment under bench/peers/ (PyPI, npm).
 bench: $(VENV)/.dev
+	./tools/install-system-deps.sh
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python bench/run.py $(if $(QUICK),--quick,)
 

@@ -73,6 +73,9 @@ def _serve(settings: Settings, host: str, port: int) -> int:
         proxy_headers=True,
         log_config=None,
         ws_max_size=64 * 1024,  # larger frames close the socket with 1009
+        # Frames are small JSON, encoded once for every recipient; compressing them again
+        # per connection would cost more CPU than the bytes it saves.
+        ws_per_message_deflate=False,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
         timeout_graceful_shutdown=10,

@@ -83,7 +83,7 @@ class SqlEventSource:
             out = []
             for event, thread, message, author in rows:
                 ref = facts.thread_ref(thread)
-                payload = views.MessageRow(message, author, candidate.ext_id).to_json()
+                payload = views.message_json(message, views.user_json(author), candidate.ext_id)
                 frame = candidate_frame(
                     event.kind, candidate.ext_id, event.seq, thread.id, message.id, payload
                 )

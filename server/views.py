@@ -9,12 +9,24 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, cast
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, literal, or_, select, union
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    join,
+    literal,
+    or_,
+    select,
+    union,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.rules import AGENCY_THREAD, Actor
+from server.rules import AGENCY, AGENCY_THREAD, MEMBER, Actor
 from storage.models import (
     Candidate,
     CandidateAgencyUser,
@@ -38,17 +50,28 @@ def user_json(user: User | None) -> Json | None:
     return {"id": user.ext_id, "name": user.name, "kind": user.kind}
 
 
+class MessageFields(Protocol):
+    """A `Message` row, or a Core row with the same column names."""
+
+    id: int
+    thread_id: int
+    body: str | None
+    created_at: datetime
+    deleted: bool
+    client_id: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class MessageRow:
-    message: Message
-    author: User
+    message: MessageFields
+    author: Json | None  # the contract's `User`
     candidate_id: str
 
     def to_json(self) -> Json:
-        return message_json(self.message, user_json(self.author), self.candidate_id)
+        return message_json(self.message, self.author, self.candidate_id)
 
 
-def message_json(m: Message, author: Json | None, candidate_id: str) -> Json:
+def message_json(m: MessageFields, author: Json | None, candidate_id: str) -> Json:
     """The contract's `Message`."""
     return {
         "id": m.id,
@@ -62,34 +85,68 @@ def message_json(m: Message, author: Json | None, candidate_id: str) -> Json:
     }
 
 
-def _message_query() -> Select[Message, User, str]:
-    return (
-        select(Message, User, Candidate.ext_id)
-        .join(User, User.pk == Message.author_pk)
-        .join(Candidate, Candidate.pk == Message.candidate_pk)
+# Messages are read as plain columns (not ORM objects): history pages are the most
+# frequent read, and building ORM objects cost several times the query.
+_MESSAGE_COLUMNS = select(
+    Message.id,
+    Message.thread_id,
+    Message.body,
+    Message.created_at,
+    Message.deleted,
+    Message.client_id,
+    User.ext_id.label("author_id"),
+    User.name.label("author_name"),
+    User.kind.label("author_kind"),
+    Candidate.ext_id.label("candidate_id"),
+).select_from(
+    join(Message, User, User.pk == Message.author_pk).join(
+        Candidate, Candidate.pk == Message.candidate_pk
     )
+)
+_PAGE_NEWEST = (
+    _MESSAGE_COLUMNS.where(Message.thread_id == bindparam("t"))
+    .order_by(Message.id.desc())
+    .limit(bindparam("n"))
+)
+_PAGE_BEFORE = (
+    _MESSAGE_COLUMNS.where(Message.thread_id == bindparam("t"), Message.id < bindparam("c"))
+    .order_by(Message.id.desc())
+    .limit(bindparam("n"))
+)
+_PAGE_AFTER = (
+    _MESSAGE_COLUMNS.where(Message.thread_id == bindparam("t"), Message.id > bindparam("c"))
+    .order_by(Message.id.asc())
+    .limit(bindparam("n"))
+)
+
+
+def _row(row: Any) -> MessageRow:
+    author = {"id": row.author_id, "name": row.author_name, "kind": row.author_kind}
+    return MessageRow(row, author, row.candidate_id)
 
 
 async def messages_by_id(session: AsyncSession, ids: Iterable[int]) -> dict[int, MessageRow]:
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    rows = await session.execute(_message_query().where(Message.id.in_(wanted)))
-    return {m.id: MessageRow(m, author, cand) for m, author, cand in rows}
+    conn = await session.connection()
+    rows = await conn.execute(_MESSAGE_COLUMNS.where(Message.id.in_(wanted)))
+    return {row.id: _row(row) for row in rows}
 
 
 async def message_page(
     session: AsyncSession, thread_id: int, *, before: int | None, after: int | None, limit: int
 ) -> tuple[list[MessageRow], bool]:
     """A page of history, oldest first, and whether more exist in the paging direction."""
-    query = _message_query().where(Message.thread_id == thread_id)
     if after is not None:
-        query = query.where(Message.id > after).order_by(Message.id.asc())
+        query, cursor = _PAGE_AFTER, after
+    elif before is not None:
+        query, cursor = _PAGE_BEFORE, before
     else:
-        if before is not None:
-            query = query.where(Message.id < before)
-        query = query.order_by(Message.id.desc())
-    rows = [MessageRow(m, a, c) for m, a, c in (await session.execute(query.limit(limit + 1)))]
+        query, cursor = _PAGE_NEWEST, 0
+    conn = await session.connection()
+    result = await conn.execute(query, {"t": thread_id, "c": cursor, "n": limit + 1})
+    rows = [_row(row) for row in result]
     has_more = len(rows) > limit
     rows = rows[:limit]
     if after is None:
@@ -200,12 +257,10 @@ async def unread_threads(
     return [UnreadThread(t, c, n, newest_id) for t, c, n, newest_id in rows if n]
 
 
-async def unread_snapshot(
-    session: AsyncSession, actor: Actor
-) -> list[tuple[int, int, str, int, int, int]]:
-    """Every thread the actor sees, unread or not: (thread id, candidate pk, candidate id,
-    unread, last message id, marker). One statement, so each count and the last message id
-    it was counted up to come from the same snapshot of the database."""
+def _unread_snapshot_query(kind: str) -> Select[Any]:
+    """Every thread a user of this kind sees, unread or not: (thread id, candidate pk,
+    candidate id, unread, last message id, marker). Parameters: u (user pk), o (org pk)."""
+    actor = Actor(cast(int, bindparam("u")), cast(int, bindparam("o")), kind)
     marker = func.coalesce(ReadMarker.message_id, literal(0))
     last = func.coalesce(Thread.last_message_id, literal(0))
     count = (
@@ -214,7 +269,7 @@ async def unread_snapshot(
         .correlate(Thread, ReadMarker)
         .scalar_subquery()
     )
-    query = (
+    return (
         select(
             Thread.id,
             Thread.candidate_pk,
@@ -229,7 +284,20 @@ async def unread_snapshot(
         )
         .where(thread_visible(actor))
     )
-    return [tuple(row) for row in await session.execute(query)]  # type: ignore[misc]
+
+
+# Built once: the hub reads a snapshot for every user who connects.
+_UNREAD_SNAPSHOT = {kind: _unread_snapshot_query(kind) for kind in (MEMBER, AGENCY)}
+
+
+async def unread_snapshot(
+    session: AsyncSession, actor: Actor
+) -> list[tuple[int, int, str, int, int, int]]:
+    """One statement, so each count and the last message id it was counted up to come from
+    the same snapshot of the database."""
+    conn = await session.connection()
+    rows = await conn.execute(_UNREAD_SNAPSHOT[actor.kind], {"u": actor.pk, "o": actor.org_pk})
+    return [tuple(row) for row in rows]  # type: ignore[misc]
 
 
 async def thread_unread(session: AsyncSession, user_pk: int, thread_id: int) -> int:

@@ -187,8 +187,9 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
         UniqueConstraint("author_pk", "client_id"),
-        # History pages and unread counts are range scans of one thread after an id.
-        Index("ix_messages_thread_id", "thread_id", "id"),
+        # History pages and unread counts are range scans of one thread after an id; the
+        # author and deleted flag make counting unread an index-only walk.
+        Index("ix_messages_thread_id", "thread_id", "id", "author_pk", "deleted"),
         Index("ix_messages_thread_author", "thread_id", "author_pk"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
