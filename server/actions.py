@@ -17,7 +17,7 @@ from mailer.outbox import AlertScheduler
 from server import facts, rules
 from server.errors import InvalidInput, NotFound
 from server.events import CandidateEvent, DomainEvent, EventSink, UnreadTouched
-from server.facts import Principal
+from server.facts import Principal, Target
 from server.rules import ThreadKey
 from server.views import MessageRow, message_json, messages_by_id, thread_unread, threads_json
 from storage.database import Database
@@ -269,23 +269,8 @@ class Messaging:
         lock: bool = True,
     ) -> Target:
         """The thread, its candidate (row-locked: writes to one candidate are serialised, so
-        that seqs and message ids commit in order) and the candidate's access now. A thread
-        the caller may not see is NotFound, as one that does not exist."""
-        query = _LOCKED_TARGET if lock else _TARGET
-        row = (await conn.execute(query, {"t": thread_id, "o": who.actor.org_pk})).first()
-        if row is None:
-            raise NotFound(missing)
-        ref = rules.ThreadRef(
-            id=row.id,
-            candidate_pk=row.candidate_pk,
-            kind=row.kind,
-            agency_user_pk=row.agency_user_pk,
-            member_pk=row.member_pk,
-        )
-        access = await facts.access_of(conn, row.candidate_pk, who.actor.org_pk, row.coordinator_pk)
-        if not rules.can_see_thread(who.actor, access, ref):
-            raise NotFound(missing)
-        return Target(ref, access, row.ext_id)
+        that seqs and message ids commit in order) and the candidate's access now."""
+        return await facts.thread_target(conn, who.actor, thread_id, missing=missing, lock=lock)
 
     async def _append_event(
         self, conn: AsyncConnection, target: Target, kind: str, message_id: int
@@ -308,20 +293,6 @@ class Messaging:
 
 # The statements of the send path, built once: building a statement costs more than
 # running it on SQLite.
-_TARGET = (
-    select(
-        Thread.id,
-        Thread.candidate_pk,
-        Thread.kind,
-        Thread.agency_user_pk,
-        Thread.member_pk,
-        Candidate.ext_id,
-        Candidate.coordinator_pk,
-    )
-    .join(Candidate, Candidate.pk == Thread.candidate_pk)
-    .where(Thread.id == bindparam("t"), Thread.org_pk == bindparam("o"))
-)
-_LOCKED_TARGET = _TARGET.with_for_update(of=Candidate)  # SQLite: the write lock already
 _INSERT_MESSAGE = insert(Message).returning(Message.id)
 _SET_LAST_MESSAGE = (
     update(Thread).where(Thread.id == bindparam("t")).values(last_message_id=bindparam("m"))
@@ -333,15 +304,6 @@ _NEXT_SEQ = (
     .returning(Candidate.last_seq)
 )
 _INSERT_EVENT = insert(Event)
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """A thread being written to: what the rules need, and the candidate's external id."""
-
-    ref: rules.ThreadRef
-    access: rules.CandidateAccess
-    candidate_id: str
 
 
 def _thread_events(

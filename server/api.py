@@ -189,12 +189,8 @@ async def list_messages(request: Request) -> Response:
     if before is not None and after is not None:
         raise InvalidInput("Send before or after, not both.")
     async with services(request).db.read() as session:
-        thread = await facts.thread_row(session, who.actor.org_pk, thread_id)
-        candidate = (
-            await facts.candidate_row_by_pk(session, thread.candidate_pk) if thread else None
-        )
-        access = await facts.candidate_access(session, candidate) if candidate else None
-        rules.check_read(who.actor, access, facts.thread_ref(thread) if thread else None)
+        target = await facts.thread_target(await session.connection(), who.actor, thread_id)
+        rules.check_read(who.actor, target.access, target.ref)
         rows, has_more = await views.message_page(
             session, thread_id, before=before, after=after, limit=limit
         )

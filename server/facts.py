@@ -8,6 +8,7 @@ from sqlalchemy import bindparam, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from server import rules
+from server.errors import NotFound
 from server.rules import PRIVATE_THREAD, Actor, CandidateAccess, ThreadRef
 from storage.models import Candidate, CandidateAgencyUser, CandidateMember, Org, Thread, User
 
@@ -34,14 +35,16 @@ class Principal:
         return {"id": self.user_id, "name": self.name, "kind": self.actor.kind}
 
 
+_PRINCIPAL = (
+    select(User.pk, User.org_pk, User.kind, User.name)
+    .join(Org, Org.pk == User.org_pk)
+    .where(Org.ext_id == bindparam("org"), User.ext_id == bindparam("user"))
+)
+
+
 async def load_principal(session: AsyncSession, org_id: str, user_id: str) -> Principal | None:
-    row = (
-        await session.execute(
-            select(User.pk, User.org_pk, User.kind, User.name)
-            .join(Org, Org.pk == User.org_pk)
-            .where(Org.ext_id == org_id, User.ext_id == user_id)
-        )
-    ).first()
+    conn = await session.connection()  # Core: this runs on every request
+    row = (await conn.execute(_PRINCIPAL, {"org": org_id, "user": user_id})).first()
     if row is None:
         return None
     return Principal(Actor(row.pk, row.org_pk, row.kind), org_id, user_id, row.name)
@@ -139,3 +142,57 @@ async def earlier_private_partners(session: AsyncSession, actor: Actor) -> froze
         .distinct()
     )
     return frozenset(pk for pk in rows if pk is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A thread as reads and writes check it: what the rules need, and the candidate's
+    external id."""
+
+    ref: ThreadRef
+    access: CandidateAccess
+    candidate_id: str
+
+
+_TARGET = (
+    select(
+        Thread.id,
+        Thread.candidate_pk,
+        Thread.kind,
+        Thread.agency_user_pk,
+        Thread.member_pk,
+        Candidate.ext_id,
+        Candidate.coordinator_pk,
+    )
+    .join(Candidate, Candidate.pk == Thread.candidate_pk)
+    .where(Thread.id == bindparam("t"), Thread.org_pk == bindparam("o"))
+)
+_LOCKED_TARGET = _TARGET.with_for_update(of=Candidate)  # SQLite: the write lock already
+
+
+async def thread_target(
+    db: AsyncSession | AsyncConnection,
+    actor: Actor,
+    thread_id: int,
+    *,
+    missing: str = "No such thread.",
+    lock: bool = False,
+) -> Target:
+    """The thread, its candidate (row-locked with `lock`) and the candidate's access now,
+    in two statements built once. A thread the actor may not see is NotFound, as one that
+    does not exist."""
+    query = _LOCKED_TARGET if lock else _TARGET
+    row = (await db.execute(query, {"t": thread_id, "o": actor.org_pk})).first()
+    if row is None:
+        raise NotFound(missing)
+    ref = ThreadRef(
+        id=row.id,
+        candidate_pk=row.candidate_pk,
+        kind=row.kind,
+        agency_user_pk=row.agency_user_pk,
+        member_pk=row.member_pk,
+    )
+    access = await access_of(db, row.candidate_pk, actor.org_pk, row.coordinator_pk)
+    if not rules.can_see_thread(actor, access, ref):
+        raise NotFound(missing)
+    return Target(ref, access, row.ext_id)
