@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy import and_, bindparam, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -55,12 +55,23 @@ async def enqueue(
     ]
     if not rows:
         return
-    statement = _insert(session)(EmailOutbox).on_conflict_do_nothing(
+    conn = await session.connection()
+    await conn.execute(_ENQUEUE[conn.dialect.name], rows)
+
+
+def _enqueue_statement(insert: Any) -> Any:
+    return insert(EmailOutbox).on_conflict_do_nothing(
         # A literal predicate (not a bound parameter), so that one statement inserts many rows.
         index_elements=["user_pk", "thread_id"],
         index_where=text(f"status = '{PENDING}'"),
     )
-    await (await session.connection()).execute(statement, rows)
+
+
+# Built once per dialect: enqueueing runs inside every send.
+_ENQUEUE = {
+    "postgresql": _enqueue_statement(pg_insert),
+    "sqlite": _enqueue_statement(sqlite_insert),
+}
 
 
 async def cancel_for_user(db: Database, user_pk: int) -> int:
@@ -168,6 +179,9 @@ def _insert(session: AsyncSession) -> Any:
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
+_POSTERS = select(ThreadPoster.user_pk).where(ThreadPoster.thread_id == bindparam("t"))
+
+
 class AlertScheduler:
     """Decides, inside the transaction that stores a message, who will get an alert."""
 
@@ -194,11 +208,7 @@ class AlertScheduler:
         """Records the author as involved and queues alerts for involved users who are
         offline and not muted. Returns how many alerts were queued or joined."""
         conn = await session.connection()  # Core statements: this runs on every send
-        posters = set(
-            await conn.scalars(
-                select(ThreadPoster.user_pk).where(ThreadPoster.thread_id == thread.id)
-            )
-        )
+        posters = set(await conn.scalars(_POSTERS, {"t": thread.id}))
         if author_pk not in posters:  # the candidate row lock keeps this check race-free
             await conn.execute(
                 _insert(session)(ThreadPoster)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import jwt
-from sqlalchemy import delete, select, union
+from sqlalchemy import bindparam, delete, select, union
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from storage.models import EmailMute, EmailOutbox, User
@@ -37,15 +37,19 @@ async def muted_among(
     wanted = sorted(set(user_pks))
     if not wanted:
         return set()
-    muted = await session.scalars(
-        union(
-            select(User.pk).where(User.pk.in_(wanted), User.email_muted.is_(True)),
-            select(EmailMute.user_pk).where(
-                EmailMute.user_pk.in_(wanted), EmailMute.candidate_pk == candidate_pk
-            ),
-        )
-    )
-    return set(muted)
+    return set(await session.scalars(_MUTED, {"users": wanted, "c": candidate_pk}))
+
+
+# Built once: this runs inside every send.
+_MUTED = union(
+    select(User.pk).where(
+        User.pk.in_(bindparam("users", expanding=True)), User.email_muted.is_(True)
+    ),
+    select(EmailMute.user_pk).where(
+        EmailMute.user_pk.in_(bindparam("users", expanding=True)),
+        EmailMute.candidate_pk == bindparam("c"),
+    ),
+)
 
 
 async def set_preferences(
