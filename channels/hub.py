@@ -163,6 +163,8 @@ class Hub:
 
     async def register(self, connection: Connection) -> None:
         self.users[connection.user_key].add(connection)
+        self.unread.want(connection.user_key)
+        self._unread_wakeup.set()
         try:
             await self.presence.add(connection.user_key, connection.id)
         except Exception:  # the lease is written again by the next renewal

@@ -69,6 +69,12 @@ class UnreadTracker:
         self.stale.discard(user)
         self.touched.pop(user, None)
 
+    def want(self, user: UserKey) -> None:
+        """A user connected: read its counts now, before its first event needs them."""
+        if user not in self._users:
+            self._users[user] = _UserCounts()
+            self.stale.add(user)
+
     def invalidate(self, user: UserKey, touch: tuple[int, int]) -> None:
         """Read this user's counts again, then send `touch` (a thread, or RESYNC)."""
         counts = self._users.setdefault(user, _UserCounts())
