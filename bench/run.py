@@ -1,324 +1,176 @@
-"""`make bench`: the fan-out scenario against this server and the bare-websockets limit.
+"""`make bench`: every scenario, side by side with the peers, in one run on this machine.
 
-Starts each system as its own process on a free port, drives it with bench/loadgen.py in
-another process, reads the server's CPU time from /proc, and writes bench/results/:
-results.json (raw, with machine details) and results.md (the table).
+    python bench/run.py [--quick] [--only fanout,realistic,storm,idle,storage]
 
-    python -m bench.run [--quick]
+Writes bench/results/: results.json (raw, with machine details), results.md (the tables)
+and latency.png (p99 latency against offered load, one line per system).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import importlib
 import json
 import os
 import platform
-import secrets
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import httpx
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from server.auth import make_user_token
+from bench import fanout, peers
+from bench.common import RESULTS, log
+from tests.services import PostgresServer, RedisServer
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-PYTHON = sys.executable
-NAMES = {
-    "am": "Agency Messaging (1 process, SQLite)",
-    "bare": "bare websockets relay (the limit)",
-}
+SCENARIOS = ["fanout", "realistic", "storm", "idle", "storage"]  # modules of bench/
+SYSTEMS = ["bare", "socketio_py", "socketio_node", "django_channels", "am"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"Nothing listens on port {port}.")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-async def provision_am(base: str, service: str, secret: str, receivers: int) -> dict[str, Any]:
-    """An org with a publisher, `receivers` receiving members and one agency thread."""
-    headers = {"Authorization": f"Bearer {service}"}
-    users = [f"rec{i}" for i in range(receivers)]
-    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
-
-        async def put(path: str, body: dict[str, Any]) -> None:
-            (await http.put(path, json=body)).raise_for_status()
-
-        await put("/api/v1/orgs/bench", {"name": "Bench"})
-        await put("/api/v1/orgs/bench/agencies/ag", {"name": "Agency"})
-        ann = {"name": "Ann", "email": "a@b.example", "kind": "agency", "agency": "ag"}
-        await put("/api/v1/orgs/bench/users/ann", ann)
-        for user in ["pub", *users]:
-            await put(
-                f"/api/v1/orgs/bench/users/{user}",
-                {"name": user, "email": f"{user}@b.example", "kind": "member"},
-            )
-        await put(
-            "/api/v1/orgs/bench/candidates/c1",
-            {
-                "name": "C1",
-                "coordinator": "pub",
-                "members": ["pub", *users],
-                "agency_users": ["ann"],
-            },
-        )
-    pub = make_user_token(secret, "bench", "pub", 3600)
-    auth = {"Authorization": f"Bearer {pub}"}
-    async with httpx.AsyncClient(base_url=base, headers=auth) as http:
-        thread = (
-            await http.post("/api/v1/candidates/c1/threads", json={"agency_user": "ann"})
-        ).json()
-    return {
-        "thread": thread["id"],
-        "publisher": pub,
-        "receivers": [make_user_token(secret, "bench", u, 3600) for u in users],
-    }
-
-
-def start_am(workdir: Path, receivers: int) -> tuple[subprocess.Popen[bytes], str, dict[str, Any]]:
-    port = free_port()
-    secret, service = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    env = {
-        **os.environ,
-        "AM_SECRET": secret,
-        "AM_SERVICE_TOKEN": service,
-        "AM_VAR_DIR": str(workdir / "var"),
-        "AM_SEND_RATE_PER_MINUTE": "0",
-        "AM_MAX_CONNECTIONS_PER_USER": "0",
-        "AM_EMAIL_WORKER": "0",
-        "AM_LOG_LEVEL": "WARNING",
-    }
-    process = subprocess.Popen(
-        [str(Path(PYTHON).parent / "agency-messaging"), "serve", "--port", str(port)],
-        env=env,
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_port(port)
-    setup = asyncio.run(provision_am(f"http://127.0.0.1:{port}", service, secret, receivers))
-    return process, f"ws://127.0.0.1:{port}/ws", setup
-
-
-def start_bare() -> tuple[subprocess.Popen[bytes], str, dict[str, Any]]:
-    port = free_port()
-    process = subprocess.Popen(
-        [PYTHON, str(ROOT / "bench" / "peers" / "bare_ws.py"), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_port(port)
-    return process, f"ws://127.0.0.1:{port}/", {"thread": 0, "publisher": "", "receivers": []}
-
-
-def _percentile(values: list[int], q: float) -> float:
-    ordered = sorted(values)
-    return (
-        round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1000, 2) if ordered else -1.0
-    )
-
-
-def drive(
-    system: str, url: str, setup: dict[str, Any], server_pid: int, opts: argparse.Namespace
-) -> list[dict[str, Any]]:
-    """Receivers spread over several processes, one publisher process; stats per step."""
-    loadgen = [PYTHON, str(ROOT / "bench" / "loadgen.py")]
-    common = ["--system", system, "--url", url]
-    per_process = opts.receivers // opts.procs
-    receivers = []
-    for index in range(opts.procs):
-        tokens = setup["receivers"][index :: opts.procs] or [None]
-        receivers.append(
-            subprocess.Popen(
-                [
-                    *loadgen,
-                    "receive",
-                    *common,
-                    "--count",
-                    str(per_process),
-                    "--tokens",
-                    json.dumps(tokens),
-                ],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-        )
-    for process in receivers:
-        assert process.stdout is not None
-        json.loads(process.stdout.readline())
-    log(f"{system}: {per_process * opts.procs} receivers connected in {opts.procs} processes")
-    publisher = subprocess.Popen(
-        [
-            *loadgen,
-            "publish",
-            *common,
-            "--tokens",
-            setup["publisher"],
-            "--thread",
-            str(setup["thread"]),
-            "--rates",
-            opts.rates,
-            "--step-seconds",
-            str(opts.step_seconds),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert publisher.stdout is not None
-    steps: list[dict[str, Any]] = []
-    cpu_before = cpu_seconds(server_pid)
-    for line in publisher.stdout:
-        step = json.loads(line)
-        cpu_after = cpu_seconds(server_pid)
-        step["server_cpu_seconds"], cpu_before = cpu_after - cpu_before, cpu_after
-        steps.append(step)
-        log(f"{system}: published {step['sent']} at {step['rate']:.0f} msg/s")
-    publisher.wait(timeout=60)
-    latencies: dict[str, list[int]] = {}
-    for process in receivers:
-        out, _ = process.communicate("", timeout=120)
-        for key, values in json.loads(out.strip().splitlines()[-1]).items():
-            latencies.setdefault(key, []).extend(values)
-    for step in steps:
-        values = latencies.get(str(step["step"]), [])
-        expected = step["sent"] * per_process * opts.procs
-        step.update(
-            expected=expected,
-            delivered=len(values),
-            delivered_per_second=round(len(values) / step["seconds"], 1),
-            p50_ms=_percentile(values, 0.50),
-            p99_ms=_percentile(values, 0.99),
-            server_cpu_us_per_delivery=round(
-                step["server_cpu_seconds"] * 1e6 / max(len(values), 1), 1
-            ),
-        )
-        log(
-            f"{system}: {step['rate']:>5.0f} msg/s → "
-            f"{step['delivered_per_second']:>8.0f} deliveries/s "
-            f"({len(values)}/{expected}), p50 {step['p50_ms']} ms, p99 {step['p99_ms']} ms, "
-            f"{step['server_cpu_us_per_delivery']} µs server CPU/delivery"
-        )
-    return steps
-
-
-def best(steps: list[dict[str, Any]], limit_ms: float) -> dict[str, Any] | None:
-    passing = [
-        s for s in steps if s["p99_ms"] <= limit_ms and s["delivered"] >= 0.99 * s["expected"]
-    ]
-    return max(passing, key=lambda s: s["delivered_per_second"]) if passing else None
-
-
-def main() -> None:
+def options(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    opts = parser.parse_args()
-    opts.receivers = 200 if opts.quick else 1000
-    opts.rates = "5,10,20,40,80" if opts.quick else "5,10,20,40,80,160,320"
-    opts.procs = 2
-    opts.step_seconds = 1.5 if opts.quick else 3.0
+    parser.add_argument("--quick", action="store_true", help="smaller and shorter (under 3 min)")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help="scenarios to run")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="systems of scenarios 1-2")
+    opts = parser.parse_args(argv)
+    opts.scenarios = [s for s in opts.only.split(",") if s]
+    unknown = set(opts.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    opts.systems = [s for s in opts.systems.split(",") if s]
+    quick = opts.quick
+    opts.step_seconds = 1.5 if quick else 3.0
+    opts.fanout_receivers = 200 if quick else 1000
+    opts.fanout_rates = [5.0, 10.0, 20.0, 40.0] if quick else [4, 6, 8, 10, 12, 15, 20.0]
+    opts.realistic_candidates = 100 if quick else 500
+    opts.realistic_receivers = 400 if quick else 2000
+    opts.realistic_rates = [200.0] if quick else [100.0, 200.0, 400.0, 800.0]
+    return opts
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    versions = {}
+    for package in ("starlette", "uvicorn", "websockets", "sqlalchemy", "asyncpg", "redis"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True, check=False)
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "memory_gib": round(memory_kib / 2**20, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "node": node.stdout.strip() or "not found",
+        "packages": versions,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts = options(argv)
+    started = time.monotonic()
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-        },
-        "scenario": "fan-out: one candidate, N subscribed connections, one publisher",
-        "receivers": opts.receivers,
-        "systems": {},
+        "machine": machine(),
+        "quick": opts.quick,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "scenarios": {},
     }
-    with tempfile.TemporaryDirectory(prefix="am-bench-") as tmp:
-        for system in ("bare", "am"):
-            log(f"starting {system}")
-            process, url, setup = (
-                start_am(Path(tmp), min(50, opts.receivers)) if system == "am" else start_bare()
-            )
-            try:
-                steps = drive(system, url, setup, process.pid, opts)
-            finally:
-                process.terminate()
-                process.wait(timeout=30)
-            results["systems"][system] = {"steps": steps, "best": best(steps, 100.0)}
-    (RESULTS / "results.json").write_text(json.dumps(results, indent=2))
-    rows = [
-        "| system | deliveries/s at p99 ≤ 100 ms | p50 ms | p99 ms | server CPU µs/delivery |",
-        "|---|---|---|---|---|",
-    ]
-    for system, data in results["systems"].items():
-        top = data["best"]
-        if top is None:
-            rows.append(f"| {NAMES[system]} | n/a | n/a | n/a | n/a |")
-        else:
-            cells = [
-                NAMES[system],
-                f"{top['delivered_per_second']:.0f}",
-                top["p50_ms"],
-                top["p99_ms"],
-                top["server_cpu_us_per_delivery"],
-            ]
-            rows.append("| " + " | ".join(str(c) for c in cells) + " |")
-    table = "\n".join(rows)
-    (RESULTS / "results.md").write_text(
-        f"# Fan-out benchmark\n\n{results['receivers']} receivers on one candidate, one publisher, "
-        f"rate stepped up until p99 passes 100 ms. Machine: {results['machine']}.\n\n{table}\n"
-    )
-    print(table)
+    if {"fanout", "realistic"} & set(opts.scenarios):
+        for name in opts.systems:
+            if name != "am":
+                log(f"installing {name} (once)")
+                try:
+                    peers.install(name)
+                except Exception as error:  # recorded by the scenarios when they start it
+                    log(f"{name} could not be installed: {error}")
+    log("starting PostgreSQL and Redis")
+    postgres, redis = PostgresServer.start(), RedisServer.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="am-bench-") as tmp:
+            opts.workdir, opts.postgres, opts.redis_url = Path(tmp), postgres, redis.url
+            for name in opts.scenarios:
+                log(f"scenario {name}")
+                began = time.monotonic()
+                outcome = importlib.import_module(f"bench.{name}").run(opts)
+                outcome["seconds"] = round(time.monotonic() - began, 1)
+                results["scenarios"][name] = outcome
+                write(results)
+    finally:
+        redis.stop()
+        postgres.stop()
+    results["seconds"] = round(time.monotonic() - started, 1)
+    write(results)
     plot(results, RESULTS / "latency.png")
+    print((RESULTS / "results.md").read_text())
+    log(f"done in {results['seconds']:.0f} s; results in {RESULTS}")
+
+
+def write(results: dict[str, Any]) -> None:
+    (RESULTS / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    m = results["machine"]
+    header = (
+        f"# Benchmark results{' (QUICK)' if results['quick'] else ''}\n\n"
+        f"{results['date']}; {m['cpus']} cores ({m['cpu']}), {m['memory_gib']} GiB; "
+        f"Python {m['python']}, Node {m['node']}. Produced by `make bench"
+        f"{' QUICK=1' if results['quick'] else ''}`; raw numbers in results.json.\n"
+    )
+    sections = [s["markdown"] for s in results["scenarios"].values()]
+    (RESULTS / "results.md").write_text("\n".join([header, *sections]))
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    """p99 latency against offered rate, one line per system."""
+    """p99 latency against offered deliveries per second, one line per system."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for system, data in results["systems"].items():
-        steps = [s for s in data["steps"] if s["p99_ms"] >= 0]
-        axis.plot(
-            [s["rate"] * results["receivers"] for s in steps],
-            [s["p99_ms"] for s in steps],
-            marker="o",
-            label=NAMES[system],
+    panels = [s for s in ("fanout", "realistic") if s in results["scenarios"]]
+    if not panels:
+        return
+    figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.4), dpi=110)
+    axes = [axes] if len(panels) == 1 else list(axes)
+    for axis, name in zip(axes, panels, strict=True):
+        scenario = results["scenarios"][name]
+        for system, data in scenario["systems"].items():
+            steps = [s for s in data["steps"] if s["p99_ms"] >= 0]
+            if not steps:
+                continue
+            axis.plot(
+                [s["expected"] / s["seconds"] for s in steps],
+                [s["p99_ms"] for s in steps],
+                marker="o",
+                label=fanout.display_name(system),
+            )
+        axis.axhline(100, color="grey", linestyle="--", linewidth=1)
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("offered deliveries per second")
+        axis.set_ylabel("p99 send→deliver latency (ms)")
+        title = (
+            f"Fan-out: {scenario['receivers']} sockets, one candidate"
+            if name == "fanout"
+            else f"Realistic: {scenario['receivers']} sockets, {scenario['candidates']} "
+            "candidates, 2 processes"
         )
-    axis.axhline(100, color="grey", linestyle="--", linewidth=1)
-    axis.set_xscale("log")
-    axis.set_yscale("log")
-    axis.set_xlabel("offered deliveries per second (messages per second times receivers)")
-    axis.set_ylabel("p99 send→deliver latency (ms)")
-    axis.set_title(f"Fan-out: {results['receivers']} receivers on one candidate")
-    axis.legend()
-    axis.grid(True, which="both", alpha=0.3)
+        axis.set_title(title, fontsize=10)
+        axis.legend(fontsize=8)
+        axis.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
     figure.savefig(path)
 

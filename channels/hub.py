@@ -215,6 +215,8 @@ class Hub:
         if after > last or not complete:
             return True, 0
         sub.last_seq, replayed, cursor = after, 0, after
+        if after == last:
+            return False, 0  # nothing to replay (events after this read arrive live)
         user_pk = sub.connection.user_pk
         while True:
             batch = await self.source.events_after(sub.candidate_pk, cursor, REPLAY_BATCH)

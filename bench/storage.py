@@ -1,0 +1,990 @@
+"""Scenario 5, storage: a history page and `GET /api/v1/unread` at a million messages.
+
+The schema comes from the product's migrations; the rows are seeded straight in SQL (one big
+transaction of bulk inserts on SQLite, binary COPY on PostgreSQL; the secondary indexes of
+`messages` are dropped and rebuilt from their own DDL around the load) as the product would
+have written them: org, agencies, users, candidates with members, agency users and
+coordinator, agency and private threads (`last_message_id` kept), messages with growing ids
+and times (each thread active for a while, then quiet), thread posters, read markers, and
+each candidate's `last_seq` with the event log that the 7-day retention would have kept.
+Then ANALYZE, start the real server on that database and time sequential HTTP requests over
+loopback; in-process, time the product's read functions and the SQL they send, and keep the
+plans (`--plans` prints them).
+
+    python bench/storage.py [--quick]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path, where it would shadow the
+# product's `storage` package: put the repository root there instead.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import sqlite3  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+from typing import Any  # noqa: E402
+
+import asyncpg  # noqa: E402
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench.common import CLI, log, percentile_ms, start_am  # noqa: E402
+
+ORG = "bench-storage"
+HISTORY_P99_MS = 5.0
+UNREAD_P99_MS = 20.0
+RETENTION_DAYS = 7  # AM_EVENT_RETENTION_DAYS default: older events are pruned
+
+
+@dataclass(frozen=True)
+class Sizes:
+    messages: int
+    candidates: int
+    members: int
+    agency_users: int
+    agencies: int
+    busy_thread: int  # messages in the thread that history pages read, active all year
+    quiet_thread: int  # messages in a thread that went quiet six months ago
+    busy_lag: int  # unread messages of the focus member in that thread
+    history_requests: int
+    unread_requests: int  # per measured user
+    query_runs: int  # in-process runs of each query
+
+
+FULL = Sizes(1_000_000, 10_000, 400, 1_000, 100, 20_000, 5_000, 200, 500, 150, 100)
+QUICK = Sizes(100_000, 1_000, 60, 150, 15, 5_000, 1_000, 100, 100, 50, 30)
+
+
+# --- the data set -------------------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    sizes: Sizes
+    users: list[tuple[int, str, str, str, str, int | None]]  # pk, ext, name, email, kind, agency
+    agencies: list[tuple[int, str, str]]
+    candidates: list[tuple[int, str, str, int, int]]  # pk, ext, name, coordinator, last_seq
+    candidate_members: list[tuple[int, int]]
+    candidate_agency_users: list[tuple[int, int]]
+    # threads, by id - 1
+    thread_candidate: np.ndarray
+    thread_kind: list[str]
+    thread_agency_user: np.ndarray
+    thread_member: list[int | None]
+    thread_created_us: np.ndarray
+    thread_last: list[int | None]
+    # messages, by id - 1
+    msg_thread: np.ndarray
+    msg_candidate: np.ndarray
+    msg_author: np.ndarray
+    msg_body: list[str | None]
+    msg_client_id: list[str | None]
+    msg_created_us: np.ndarray
+    msg_deleted: np.ndarray
+    thread_posters: list[tuple[int, int]]
+    read_markers: list[tuple[int, int, int]]
+    events: list[tuple[int, int, str, int, int, int]]  # cand, seq, kind, thread, msg, us
+    # what the measurements use
+    focus_member: str = "m0000"
+    lead_member: str = "m0001"
+    busy_agency_user: str = "a0000"
+    busy_thread: int = 0
+    busy_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    quiet_thread: int = 0
+    quiet_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    focus_threads: list[int] = field(default_factory=list)  # non-empty, seen by the focus member
+    seconds: float = 0.0
+
+    @property
+    def thread_count(self) -> int:
+        return len(self.thread_kind)
+
+
+TEXT = (
+    "thanks for the update the candidate is available next week for an interview with the "
+    "hiring manager please send the signed offer and the references we expect feedback on "
+    "friday can you confirm the salary range and notice period she has strong experience in "
+    "python and distributed systems he prefers remote work with two days in the office"
+)
+
+
+def _bodies(rng: random.Random, count: int) -> list[str]:
+    words = TEXT.split()
+    out = []
+    for _ in range(count):
+        length = max(2, min(120, int(rng.lognormvariate(2.4, 0.7))))
+        text = " ".join(rng.choice(words) for _ in range(length))
+        out.append(text[0].upper() + text[1:] + rng.choice(".?!"))
+    return out
+
+
+def make_dataset(sizes: Sizes) -> Dataset:
+    """One org's history as the product writes it; the same rows go to both databases."""
+    started = time.perf_counter()
+    prng = random.Random(5)
+    rng = np.random.default_rng(5)
+    nm, na, nc = sizes.members, sizes.agency_users, sizes.candidates
+    focus, lead, agency0 = 1, 2, nm + 1
+    member_pks = range(3, nm + 1)
+    agency_pks = range(nm + 2, nm + na + 1)
+
+    agencies = [(i + 1, f"ag{i:03d}", f"Agency {i}") for i in range(sizes.agencies)]
+    users: list[tuple[int, str, str, str, str, int | None]] = [
+        (i + 1, f"m{i:04d}", f"Member {i}", f"m{i}@hire.example", "member", None) for i in range(nm)
+    ]
+    users += [
+        (
+            nm + i + 1,
+            f"a{i:04d}",
+            f"Agent {i}",
+            f"a{i}@agency.example",
+            "agency",
+            i % sizes.agencies + 1,
+        )
+        for i in range(na)
+    ]
+
+    # Candidates: the focus member sees 50 of them, the lead coordinates a tenth, the busy
+    # agency user is linked to about 3%.
+    focus_stride = max(1, nc // 50)
+    coordinators, members_of, agency_of = [], [], []
+    cand_members: list[tuple[int, int]] = []
+    cand_agency: list[tuple[int, int]] = []
+    for c in range(nc):
+        pk = c + 1
+        coordinator = lead if c % 10 == 0 else prng.choice(member_pks)
+        listed = set(prng.sample(member_pks, 2))
+        if prng.random() < 0.5:
+            listed.add(coordinator)
+        if c % focus_stride == 1:
+            listed.add(focus)
+        linked = [prng.choice(agency_pks)]
+        if prng.random() < 0.25:
+            second = prng.choice(agency_pks)
+            if second != linked[0]:
+                linked.append(second)
+        if c % 33 == 2 and agency0 not in linked:
+            linked.append(agency0)
+        coordinators.append(coordinator)
+        members_of.append(sorted(listed | {coordinator}))
+        agency_of.append(linked)
+        cand_members += [(pk, u) for u in sorted(listed)]
+        cand_agency += [(pk, a) for a in linked]
+
+    # Threads: an agency thread per linked agency user, some private ones.
+    t_cand, t_kind, t_agency, t_member, t_people = [], [], [], [], []
+
+    def add_thread(c: int, kind: str, agency_user: int, member: int | None) -> None:
+        t_cand.append(c + 1)
+        t_kind.append(kind)
+        t_agency.append(agency_user)
+        t_member.append(member)
+        t_people.append([agency_user, *(members_of[c] if member is None else [member])])
+
+    busy_old = quiet_old = -1
+    for c in range(nc):
+        for a in agency_of[c]:
+            # The agency threads of the focus member's first two candidates.
+            if c == 1 and busy_old < 0:
+                busy_old = len(t_cand)
+            if c == 1 + focus_stride and quiet_old < 0:
+                quiet_old = len(t_cand)
+            add_thread(c, "agency", a, None)
+        coordinator = coordinators[c]
+        if prng.random() < 0.15 or (agency0 in agency_of[c] and prng.random() < 0.3):
+            add_thread(c, "private", agency_of[c][-1], coordinator)
+        if focus in members_of[c] and coordinator != focus and prng.random() < 0.3:
+            add_thread(c, "private", agency_of[c][0], focus)
+    nt = len(t_cand)
+
+    # Messages: a skewed number per thread, each thread active for a while (a candidate's
+    # process) and then quiet; ids grow with time across the interleaved threads.
+    weights = rng.lognormal(0.0, 1.2, nt)
+    weights[rng.random(nt) < 0.05] = 0.0  # opened, never written in
+    weights[[busy_old, quiet_old]] = 0.0
+    fixed = sizes.busy_thread + sizes.quiet_thread
+    counts = rng.multinomial(sizes.messages - fixed, weights / weights.sum())
+    counts[busy_old], counts[quiet_old] = sizes.busy_thread, sizes.quiet_thread
+    day = 86400 * 10**6
+    end_us = int((time.time() - 60) * 1e6)
+    span_us = 365 * day
+    duration = np.clip(rng.lognormal(np.log(30 * day), 0.8, nt), day, span_us).astype(np.int64)
+    start = end_us - span_us + (rng.random(nt) * (span_us - duration + day)).astype(np.int64)
+    start, duration = np.minimum(start, end_us - duration), duration
+    start[busy_old], duration[busy_old] = end_us - span_us, span_us  # busy all year
+    start[quiet_old], duration[quiet_old] = end_us - 300 * day, 120 * day  # ended 6 months ago
+    thread_of = np.repeat(np.arange(nt), counts)
+    msg_us = start[thread_of] + (rng.random(len(thread_of)) * duration[thread_of]).astype(np.int64)
+    by_time = np.argsort(msg_us, kind="stable")
+    thread_of, msg_us = thread_of[by_time], msg_us[by_time]
+    m = len(thread_of)
+
+    # Thread ids follow creation time: a few minutes before the first message, or any time
+    # for a thread that is still empty.
+    created = start - rng.integers(1, 600 * 10**6, nt)
+    order = np.argsort(created, kind="stable")
+    new_id = np.empty(nt, dtype=np.int64)
+    new_id[order] = np.arange(1, nt + 1)
+
+    people = np.zeros((nt, max(len(p) for p in t_people)), dtype=np.int64)
+    n_people = np.array([len(p) for p in t_people])
+    for t, p in enumerate(t_people):
+        people[t, : len(p)] = p
+    pick = np.where(
+        rng.random(m) < 0.5, 0, 1 + (rng.random(m) * (n_people[thread_of] - 1)).astype(np.int64)
+    )
+    author = people[thread_of, pick]
+    deleted = rng.random(m) < 0.005
+    cand_arr = np.array(t_cand, dtype=np.int64)
+    msg_cand = cand_arr[thread_of]
+
+    pool = _bodies(prng, 4000)
+    body_idx = rng.integers(0, len(pool), m).tolist()
+    bodies: list[str | None] = [
+        None if d else pool[i] for i, d in zip(body_idx, deleted.tolist(), strict=True)
+    ]
+    hexes = os.urandom(16 * m).hex()
+    no_client = (rng.random(m) < 0.1).tolist()  # REST clients without a client_id
+    client_ids: list[str | None] = [
+        None
+        if no_client[i]
+        else (
+            f"{hexes[i * 32 : i * 32 + 8]}-{hexes[i * 32 + 8 : i * 32 + 12]}-"
+            f"{hexes[i * 32 + 12 : i * 32 + 16]}-{hexes[i * 32 + 16 : i * 32 + 20]}-"
+            f"{hexes[i * 32 + 20 : i * 32 + 32]}"
+        )
+        for i in range(m)
+    ]
+
+    # Per-thread message ids, ascending.
+    by_thread = np.argsort(thread_of, kind="stable") + 1
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    last_of = [int(by_thread[offsets[t + 1] - 1]) if counts[t] else None for t in range(nt)]
+
+    # Read markers: most viewers read to the end, some lag (more often in threads active this
+    # month), a few never opened the thread.
+    markers: list[tuple[int, int, int]] = []
+    recent = start + duration >= end_us - 30 * day
+    for t in range(nt):
+        n = int(counts[t])
+        if n == 0:
+            continue
+        read_all, some_read = (0.75, 0.93) if recent[t] else (0.97, 0.99)
+        for user in t_people[t]:
+            if t == busy_old and user == focus:
+                lag = sizes.busy_lag
+            else:
+                r = prng.random()
+                lag = 0 if r < read_all else n
+                if read_all <= r < some_read:
+                    lag = min(n, 1 + int(prng.expovariate(0.1)))
+            if lag < n:
+                markers.append((user, int(new_id[t]), int(by_thread[offsets[t] + n - 1 - lag])))
+
+    posters = np.unique(new_id[thread_of] * (1 << 32) + author)
+    thread_posters = list(
+        zip((posters >> 32).tolist(), (posters & 0xFFFFFFFF).tolist(), strict=True)
+    )
+
+    # The event log: a created event per message, a deleted one after each tombstone; seqs
+    # count per candidate; only the last RETENTION_DAYS are still stored.
+    w = 1 + deleted.astype(np.int64)
+    by_cand = np.argsort(msg_cand, kind="stable")
+    last_seq = np.bincount(msg_cand, weights=w, minlength=nc + 1).astype(np.int64)
+    base = np.cumsum(last_seq) - last_seq
+    seq = np.empty(m, dtype=np.int64)
+    seq[by_cand] = np.cumsum(w[by_cand]) - w[by_cand] + 1 - base[msg_cand[by_cand]]
+    cutoff = end_us - RETENTION_DAYS * 86400 * 10**6
+    events: list[tuple[int, int, str, int, int, int]] = []
+    for i in np.nonzero(msg_us >= cutoff)[0].tolist():
+        c, s, t, us = int(msg_cand[i]), int(seq[i]), int(new_id[thread_of[i]]), int(msg_us[i])
+        events.append((c, s, "message.created", t, i + 1, us))
+        if deleted[i]:
+            events.append((c, s + 1, "message.deleted", t, i + 1, us + 30 * 10**6))
+
+    candidates = [
+        (c + 1, f"c{c:05d}", f"Candidate {c}", coordinators[c], int(last_seq[c + 1]))
+        for c in range(nc)
+    ]
+    # Rows by the new thread ids.
+    inv = order  # inv[new_id - 1] = old index
+    busy = int(new_id[busy_old])
+    ids_of = lambda t: by_thread[offsets[t] : offsets[t + 1]]  # noqa: E731
+    return Dataset(
+        sizes=sizes,
+        users=users,
+        agencies=agencies,
+        candidates=candidates,
+        candidate_members=cand_members,
+        candidate_agency_users=cand_agency,
+        thread_candidate=cand_arr[inv],
+        thread_kind=[t_kind[i] for i in inv.tolist()],
+        thread_agency_user=np.array(t_agency, dtype=np.int64)[inv],
+        thread_member=[t_member[i] for i in inv.tolist()],
+        thread_created_us=created[inv],
+        thread_last=[last_of[i] for i in inv.tolist()],
+        msg_thread=new_id[thread_of],
+        msg_candidate=msg_cand,
+        msg_author=author,
+        msg_body=bodies,
+        msg_client_id=client_ids,
+        msg_created_us=msg_us,
+        msg_deleted=deleted,
+        thread_posters=thread_posters,
+        read_markers=markers,
+        events=events,
+        busy_thread=busy,
+        busy_ids=ids_of(busy_old),
+        quiet_thread=int(new_id[quiet_old]),
+        quiet_ids=ids_of(quiet_old),
+        focus_threads=sorted(
+            int(new_id[t]) for t in range(nt) if counts[t] and focus in t_people[t]
+        ),
+        seconds=time.perf_counter() - started,
+    )
+
+
+# --- seeding -----------------------------------------------------------------------------
+
+
+def _sqlite_times(us: np.ndarray) -> list[str]:
+    """Naive UTC text, as SQLAlchemy's DateTime keeps it in SQLite."""
+    return [d.isoformat(" ", "microseconds") for d in us.astype("M8[us]").astype(object)]
+
+
+def _pg_times(us: np.ndarray) -> list[datetime]:
+    naive = us.astype("M8[us]").astype(object).tolist()
+    if time.localtime().tm_gmtoff == 0:  # asyncpg reads a naive time as local time
+        return naive  # type: ignore[no-any-return]
+    return [d.replace(tzinfo=UTC) for d in naive]
+
+
+def _rows(ds: Dataset, times: Any) -> dict[str, tuple[list[str], Any]]:
+    """Every table's columns and rows, in foreign-key order."""
+    now = times(np.array([int(time.time() * 1e6) - 400 * 86400 * 10**6], dtype=np.int64))[0]
+    nt = ds.thread_count
+    thread_times = times(ds.thread_created_us)
+    msg_times = times(ds.msg_created_us)
+    event_times = times(np.array([e[5] for e in ds.events], dtype=np.int64))
+    m = len(ds.msg_body)
+    return {
+        "orgs": (["pk", "ext_id", "name", "created_at"], [(1, ORG, "Bench Storage Org", now)]),
+        "agencies": (
+            ["pk", "org_pk", "ext_id", "name"],
+            [(a[0], 1, a[1], a[2]) for a in ds.agencies],
+        ),
+        "users": (
+            ["pk", "org_pk", "ext_id", "name", "email", "kind", "agency_pk", "email_muted"],
+            [(u[0], 1, *u[1:], False) for u in ds.users],
+        ),
+        "candidates": (
+            ["pk", "org_pk", "ext_id", "name", "coordinator_pk", "last_seq"],
+            [(c[0], 1, *c[1:]) for c in ds.candidates],
+        ),
+        "candidate_members": (["candidate_pk", "user_pk"], ds.candidate_members),
+        "candidate_agency_users": (["candidate_pk", "user_pk"], ds.candidate_agency_users),
+        "threads": (
+            [
+                "id",
+                "org_pk",
+                "candidate_pk",
+                "kind",
+                "agency_user_pk",
+                "member_pk",
+                "created_at",
+                "last_message_id",
+            ],
+            list(
+                zip(
+                    range(1, nt + 1),
+                    [1] * nt,
+                    ds.thread_candidate.tolist(),
+                    ds.thread_kind,
+                    ds.thread_agency_user.tolist(),
+                    ds.thread_member,
+                    thread_times,
+                    ds.thread_last,
+                    strict=True,
+                )
+            ),
+        ),
+        "messages": (
+            [
+                "id",
+                "thread_id",
+                "candidate_pk",
+                "author_pk",
+                "body",
+                "client_id",
+                "created_at",
+                "deleted",
+            ],
+            zip(
+                range(1, m + 1),
+                ds.msg_thread.tolist(),
+                ds.msg_candidate.tolist(),
+                ds.msg_author.tolist(),
+                ds.msg_body,
+                ds.msg_client_id,
+                msg_times,
+                ds.msg_deleted.tolist(),
+                strict=True,
+            ),
+        ),
+        "thread_posters": (["thread_id", "user_pk"], ds.thread_posters),
+        "read_markers": (["user_pk", "thread_id", "message_id"], ds.read_markers),
+        "events": (
+            ["candidate_pk", "seq", "kind", "thread_id", "message_id", "created_at"],
+            [(*e[:5], t) for e, t in zip(ds.events, event_times, strict=True)],
+        ),
+    }
+
+
+def seed_sqlite(path: Path, ds: Dataset) -> dict[str, float]:
+    timings: dict[str, float] = {}
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=OFF")  # a bulk load: no rollback journal, no WAL
+        db.execute("PRAGMA synchronous=OFF")
+        db.execute("PRAGMA cache_size=-1000000")
+        db.execute("BEGIN")
+        # Bulk-load practice: drop the secondary indexes of `messages`, load, then rebuild
+        # them from their own DDL (the migration's), which is faster than maintaining them.
+        indexes = db.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+            "AND tbl_name = 'messages' AND sql IS NOT NULL"
+        ).fetchall()
+        for name, _ in indexes:
+            db.execute(f'DROP INDEX "{name}"')
+        for table, (columns, rows) in _rows(ds, _sqlite_times).items():
+            started = time.perf_counter()
+            marks = ", ".join("?" * len(columns))
+            db.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+            timings[table] = round(time.perf_counter() - started, 2)
+        started = time.perf_counter()
+        for _, ddl in indexes:
+            db.execute(ddl)
+        timings["indexes"] = round(time.perf_counter() - started, 2)
+        db.execute("COMMIT")
+        started = time.perf_counter()
+        db.execute("ANALYZE")
+        timings["analyze"] = round(time.perf_counter() - started, 2)
+        db.execute("PRAGMA journal_mode=WAL")  # as the server keeps it
+    finally:
+        db.close()
+    return timings
+
+
+async def seed_postgres(url: str, ds: Dataset) -> dict[str, float]:
+    timings: dict[str, float] = {}
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        async with conn.transaction():
+            # The rows are consistent by construction: skip the per-row foreign-key triggers.
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+            # Drop the secondary indexes (and the unique constraint) of `messages`, load,
+            # then rebuild them from the definitions the migrations made.
+            indexes = await conn.fetch(
+                "SELECT i.indexrelid::regclass::text AS name, pg_get_indexdef(i.indexrelid) "
+                "AS ddl, c.conname, pg_get_constraintdef(c.oid) AS condef FROM pg_index i "
+                "LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid "
+                "AND c.conrelid = i.indrelid WHERE i.indrelid = 'messages'::regclass "
+                "AND NOT i.indisprimary"
+            )
+            for index in indexes:
+                if index["conname"]:
+                    await conn.execute(f'ALTER TABLE messages DROP CONSTRAINT "{index["conname"]}"')
+                else:
+                    await conn.execute(f'DROP INDEX "{index["name"]}"')
+            for table, (columns, rows) in _rows(ds, _pg_times).items():
+                started = time.perf_counter()
+                await conn.copy_records_to_table(table, records=list(rows), columns=columns)
+                timings[table] = round(time.perf_counter() - started, 2)
+            started = time.perf_counter()
+            for index in indexes:
+                if index["conname"]:
+                    await conn.execute(
+                        f'ALTER TABLE messages ADD CONSTRAINT "{index["conname"]}" '
+                        + index["condef"]
+                    )
+                else:
+                    await conn.execute(index["ddl"])
+            timings["indexes"] = round(time.perf_counter() - started, 2)
+            for table, column in [
+                ("orgs", "pk"),
+                ("agencies", "pk"),
+                ("users", "pk"),
+                ("candidates", "pk"),
+                ("threads", "id"),
+                ("messages", "id"),
+            ]:
+                await conn.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
+                    f"(SELECT max({column}) FROM {table}))"
+                )
+        started = time.perf_counter()
+        # What autovacuum would have done by now: statistics and the visibility map.
+        await conn.execute("VACUUM (ANALYZE)")
+        timings["analyze"] = round(time.perf_counter() - started, 2)
+    finally:
+        await conn.close()
+    return timings
+
+
+# --- measuring ---------------------------------------------------------------------------
+
+
+def _history_requests(ds: Dataset, count: int, rng: random.Random) -> list[tuple[str, int, int]]:
+    """(kind, thread, before or 0): history pages as the focus member reads them. The newest
+    page and `before=` pages anywhere in the past of a thread busy all year and of one quiet
+    for six months, and the newest page of its other threads."""
+    busy, quiet = ds.busy_ids.tolist(), ds.quiet_ids.tolist()
+    out = []
+    for i in range(count):
+        slot = i % 10
+        if slot < 2:
+            out.append(("busy newest", ds.busy_thread, 0))
+        elif slot < 6:
+            out.append(("busy before=", ds.busy_thread, busy[rng.randrange(60, len(busy))]))
+        elif slot == 6:
+            out.append(("quiet newest", ds.quiet_thread, 0))
+        elif slot == 7:
+            out.append(("quiet before=", ds.quiet_thread, quiet[rng.randrange(60, len(quiet))]))
+        else:
+            out.append(("other newest", rng.choice(ds.focus_threads), 0))
+    return out
+
+
+def _history_path(thread: int, before: int) -> str:
+    return f"/api/v1/threads/{thread}/messages" + (f"?before={before}" if before else "")
+
+
+def _timed_get(http: httpx.Client, path: str) -> tuple[int, httpx.Response]:
+    started = time.perf_counter_ns()
+    response = http.get(path)
+    elapsed = (time.perf_counter_ns() - started) // 1000
+    if response.status_code != 200:
+        raise RuntimeError(f"GET {path} answered {response.status_code}: {response.text[:200]}")
+    return elapsed, response
+
+
+def _sql_statements(http: httpx.Client) -> float | None:
+    """The server's count of SQL statements sent, from /metrics (None if it has none)."""
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith("am_sql_statements "):
+            return float(line.split()[1])
+    return None
+
+
+def _per_request(before: float | None, after: float | None, requests: int) -> float | None:
+    return None if before is None or after is None else round((after - before) / requests, 1)
+
+
+def measure_http(base_url: str, tokens: dict[str, str], ds: Dataset) -> dict[str, Any]:
+    """Sequential requests, one at a time, each timed from send to the parsed-free body."""
+    rng = random.Random(7)
+    sizes = ds.sizes
+    out: dict[str, Any] = {}
+    auth = {u: {"Authorization": f"Bearer {t}"} for u, t in tokens.items()}
+    with httpx.Client(base_url=base_url, timeout=30) as http:
+        http.headers.update(auth[ds.focus_member])
+        baseline = []  # authentication and HTTP alone: the floor under both measurements
+        for i in range(sizes.unread_requests + 10):
+            us, _ = _timed_get(http, "/api/v1/me")
+            if i >= 10:
+                baseline.append(us)
+        out["baseline_us"] = baseline
+        for _, thread, before in _history_requests(ds, 20, rng):  # warm-up
+            _timed_get(http, _history_path(thread, before))
+        history: dict[str, list[int]] = {}
+        page_sizes = set()
+        statements = _sql_statements(http)
+        for kind, thread, before in _history_requests(ds, sizes.history_requests, rng):
+            us, response = _timed_get(http, _history_path(thread, before))
+            history.setdefault(kind, []).append(us)
+            page_sizes.add(len(response.json()["messages"]))
+        out["history_us"] = history
+        out["history_page_sizes"] = sorted(page_sizes)
+        out["history_sql_per_request"] = _per_request(
+            statements, _sql_statements(http), sizes.history_requests
+        )
+
+        unread: dict[str, list[int]] = {u: [] for u in tokens}
+        dots: dict[str, int] = {}
+        for user in tokens:  # warm-up
+            http.headers.update(auth[user])
+            for _ in range(5):
+                _, response = _timed_get(http, "/api/v1/unread")
+            dots[user] = len(response.json()["candidates"])
+        statements = _sql_statements(http)
+        for _ in range(sizes.unread_requests):
+            for user in tokens:
+                http.headers.update(auth[user])
+                us, _ = _timed_get(http, "/api/v1/unread")
+                unread[user].append(us)
+        out["unread_us"] = unread
+        out["unread_sql_per_request"] = _per_request(
+            statements, _sql_statements(http), sizes.unread_requests * len(tokens)
+        )
+        out["unread_candidates"] = dots
+    return out
+
+
+async def _sql_timer(url: str) -> tuple[Any, Any]:
+    """Runs one captured statement straight on the driver: the database's own time."""
+    if url.startswith("sqlite"):
+        conn = sqlite3.connect(url.split("///", 1)[1])
+
+        async def run_sqlite(statement: str, params: Any) -> None:
+            conn.execute(statement, params).fetchall()
+
+        async def close_sqlite() -> None:
+            conn.close()
+
+        return run_sqlite, close_sqlite
+    pg = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+
+    async def run_pg(statement: str, params: Any) -> None:
+        await pg.fetch(statement, *params)
+
+    return run_pg, pg.close
+
+
+async def measure_queries(url: str, ds: Dataset, users: list[str]) -> dict[str, Any]:
+    """In-process, without HTTP: the product's read functions (ORM and driver included), the
+    SQL they send run straight on a driver connection, and its plan."""
+    from sqlalchemy import event, select
+
+    from server import views
+    from server.rules import Actor
+    from storage.database import Database
+    from storage.models import User
+
+    db = Database(url)
+    runs = ds.sizes.query_runs
+    out: dict[str, Any] = {"function_us": {}, "sql_us": {}, "plans": {}}
+    captured: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        captured.append((statement, params))
+
+    run_sql, close_sql = await _sql_timer(url)
+    try:
+        async with db.read() as session:
+            actors = {}
+            for user in users:
+                row = (
+                    await session.execute(
+                        select(User.pk, User.org_pk, User.kind).where(User.ext_id == user)
+                    )
+                ).one()
+                actors[user] = Actor(row.pk, row.org_pk, row.kind)
+            requests = _history_requests(ds, runs, random.Random(11))
+            for kind, thread, before in requests:
+                started = time.perf_counter_ns()
+                await views.message_page(
+                    session, thread, before=before or None, after=None, limit=50
+                )
+                elapsed = (time.perf_counter_ns() - started) // 1000
+                out["function_us"].setdefault(f"history {kind}", []).append(elapsed)
+            for user, actor in actors.items():
+                samples = []
+                for i in range(runs + 3):
+                    started = time.perf_counter_ns()
+                    unread = await views.unread_threads(session, actor)
+                    await views.messages_by_id(session, [u.newest_unread_id or 0 for u in unread])
+                    if i >= 3:
+                        samples.append((time.perf_counter_ns() - started) // 1000)
+                out["function_us"][f"unread {user}"] = samples
+
+            # The main statement of each: captured, explained, and timed on the driver.
+            event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
+            firsts = {kind: (thread, before) for kind, thread, before in reversed(requests)}
+            targets: list[tuple[str, Any]] = [
+                (
+                    f"history {kind}",
+                    lambda s, t=thread, b=before: views.message_page(
+                        s, t, before=b or None, after=None, limit=50
+                    ),
+                )
+                for kind, (thread, before) in firsts.items()
+            ]
+            targets += [
+                (f"unread {user}", lambda s, a=actor: views.unread_threads(s, a))
+                for user, actor in actors.items()
+            ]
+            for label, call in targets:
+                await call(session)
+                statement, params = captured[-1]
+                prefix = "EXPLAIN QUERY PLAN " if db.sqlite else "EXPLAIN (ANALYZE, BUFFERS) "
+                conn = await session.connection()
+                rows = await conn.exec_driver_sql(prefix + statement, params)
+                out["plans"][label] = {
+                    "sql": statement,
+                    "params": repr(params),
+                    "plan": [str(r[-1]) for r in rows],
+                }
+                samples = []
+                for i in range(runs + 3):
+                    started = time.perf_counter_ns()
+                    await run_sql(statement, params)
+                    if i >= 3:
+                        samples.append((time.perf_counter_ns() - started) // 1000)
+                out["sql_us"][label] = samples
+    finally:
+        await close_sql()
+        await db.close()
+    return out
+
+
+def _migrate(url: str, workdir: Path) -> None:
+    env = {**os.environ, "AM_DATABASE_URL": url, "AM_VAR_DIR": str(workdir / "var")}
+    subprocess.run([CLI, "migrate"], env=env, cwd=workdir, check=True, capture_output=True)
+
+
+def bench_database(name: str, url: str, ds: Dataset, workdir: Path) -> dict[str, Any]:
+    log(f"storage/{name}: migrating")
+    _migrate(url, workdir)
+    log(f"storage/{name}: seeding {len(ds.msg_body):,} messages")
+    started = time.perf_counter()
+    if name == "sqlite":
+        timings = seed_sqlite(Path(url.split("///", 1)[1]), ds)
+    else:
+        timings = asyncio.run(seed_postgres(url, ds))
+    seed_s = round(time.perf_counter() - started - timings["analyze"], 1)
+    log(f"storage/{name}: seeded in {seed_s} s, analyze {timings['analyze']} s ({timings})")
+    users = [ds.focus_member, ds.lead_member, ds.busy_agency_user]
+    cluster = start_am(workdir / f"am-{name}", database_url=url)
+    try:
+        tokens = {u: cluster.token(ORG, u) for u in users}
+        log(f"storage/{name}: measuring over HTTP")
+        load = [os.getloadavg()[0]]
+        try:
+            http = measure_http(cluster.http_url(), tokens, ds)
+        except RuntimeError as error:
+            logs = "".join(
+                p.read_text(errors="replace")[-3000:] for p in cluster.workdir.glob("server-*.log")
+            )
+            raise RuntimeError(f"{error}\nServer log:\n{logs}") from error
+        load.append(os.getloadavg()[0])
+    finally:
+        cluster.stop()
+    log(f"storage/{name}: timing the queries in-process")
+    queries = asyncio.run(measure_queries(url, ds, users))
+    history_all = [v for samples in http["history_us"].values() for v in samples]
+    unread_all = [v for samples in http["unread_us"].values() for v in samples]
+    result = {
+        "database": name,
+        "messages": len(ds.msg_body),
+        "candidates": len(ds.candidates),
+        "threads": ds.thread_count,
+        "seed_seconds": seed_s,
+        "seed_timings": timings,
+        "history_ms": _pp(history_all),
+        "history_by_kind_ms": {k: _pp(v) for k, v in http["history_us"].items()},
+        "history_page_sizes": http["history_page_sizes"],
+        "unread_ms": _pp(unread_all),
+        "unread_by_user_ms": {u: _pp(v) for u, v in http["unread_us"].items()},
+        "unread_candidates": http["unread_candidates"],
+        "baseline_me_ms": _pp(http["baseline_us"]),
+        "sql_statements_per_request": {
+            "history": http["history_sql_per_request"],
+            "unread": http["unread_sql_per_request"],
+        },
+        "function_ms": {k: _pp(v) for k, v in queries["function_us"].items()},
+        "sql_ms": {k: _pp(v) for k, v in queries["sql_us"].items()},
+        "plans": queries["plans"],
+        "load_average": [round(v, 2) for v in load],  # 1 min, before and after measuring
+    }
+    worst_unread = max(v["p99"] for v in result["unread_by_user_ms"].values())
+    result["target_met"] = {
+        "history": result["history_ms"]["p99"] < HISTORY_P99_MS,
+        "unread": worst_unread < UNREAD_P99_MS,
+    }
+    log(
+        f"storage/{name}: history p50/p99 {result['history_ms']['p50']}/"
+        f"{result['history_ms']['p99']} ms, unread p50/p99 {result['unread_ms']['p50']}/"
+        f"{result['unread_ms']['p99']} ms, by user {result['unread_by_user_ms']}"
+    )
+    return result
+
+
+def _visible_counts(ds: Dataset) -> dict[str, int]:
+    pks = {u[1]: u[0] for u in ds.users}
+    focus, lead, agency0 = pks[ds.focus_member], pks[ds.lead_member], pks[ds.busy_agency_user]
+    member_of: dict[int, set[int]] = {}
+    for cand, user in ds.candidate_members:
+        member_of.setdefault(user, set()).add(cand)
+    for cand, _, _, coordinator, _ in ds.candidates:
+        member_of.setdefault(coordinator, set()).add(cand)
+    linked = {c for c, u in ds.candidate_agency_users if u == agency0}
+    return {
+        ds.focus_member: len(member_of.get(focus, ())),
+        ds.lead_member: len(member_of.get(lead, ())),
+        ds.busy_agency_user: len(linked),
+    }
+
+
+def _pp(samples_us: list[int]) -> dict[str, float]:
+    return {"p50": percentile_ms(samples_us, 0.5), "p99": percentile_ms(samples_us, 0.99)}
+
+
+def _p(ms: dict[str, float]) -> str:
+    return f"{ms['p50']} / {ms['p99']}"
+
+
+def _markdown(results: list[dict[str, Any]], ds: Dataset) -> str:
+    sizes = ds.sizes
+    visible = _visible_counts(ds)
+    lines = [
+        "## 5. Storage: history page and unread summary",
+        "",
+        f"Method: the product's migrations, {sizes.messages:,} messages in "
+        f"{ds.thread_count:,} threads over {sizes.candidates:,} candidates seeded in bulk SQL "
+        "then ANALYZEd, and sequential requests to the real server over loopback timed for the "
+        f"full HTTP round trip ({sizes.history_requests} history pages of 50 messages, "
+        f"{sizes.unread_requests} `GET /api/v1/unread` per user).",
+        "",
+        "| database | messages | candidates | seed s | history p50 ms | history p99 ms "
+        "| unread p50 ms | unread p99 ms | target met |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        met = r["target_met"]
+        verdict = (
+            "yes" if all(met.values()) else "no: " + ", ".join(k for k, v in met.items() if not v)
+        )
+        lines.append(
+            f"| {r['database']} | {r['messages']:,} | {r['candidates']:,} | {r['seed_seconds']} "
+            f"| {r['history_ms']['p50']} | {r['history_ms']['p99']} | {r['unread_ms']['p50']} "
+            f"| {r['unread_ms']['p99']} | {verdict} |"
+        )
+    kinds = list(results[0]["history_by_kind_ms"])
+    lines += [
+        "",
+        f"Targets: history page p99 < {HISTORY_P99_MS:g} ms; unread summary p99 < "
+        f"{UNREAD_P99_MS:g} ms for each user below. Times are p50 / p99 ms: HTTP is the "
+        "round trip; function the product's read function in-process (ORM and driver); SQL "
+        "its main statement run straight on a driver connection. `GET /api/v1/me` is the "
+        "floor under every request: authentication and HTTP alone. History pages of the "
+        f"focus member: a {sizes.busy_thread:,}-message thread busy all year, a "
+        f"{sizes.quiet_thread:,}-message one quiet for six months (newest page, or `before=` "
+        "a random message), and the newest page of its other threads.",
+        "",
+        "| database | " + " | ".join(kinds) + " | `/api/v1/me` |",
+        "|---|" + "---:|" * (len(kinds) + 1),
+    ]
+    for r in results:
+        http = " | ".join(_p(r["history_by_kind_ms"][k]) for k in kinds)
+        function = " | ".join(_p(r["function_ms"][f"history {k}"]) for k in kinds)
+        sql = " | ".join(_p(r["sql_ms"][f"history {k}"]) for k in kinds)
+        lines.append(f"| {r['database']} HTTP | {http} | {_p(r['baseline_me_ms'])} |")
+        lines.append(f"| {r['database']} function | {function} | |")
+        lines.append(f"| {r['database']} SQL | {sql} | |")
+    lines += [
+        "",
+        "| database | user | candidates seen | with unread | HTTP | function | SQL |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    roles = {
+        ds.focus_member: "member",
+        ds.lead_member: "lead member (coordinator)",
+        ds.busy_agency_user: "agency user",
+    }
+    for r in results:
+        for user, ms in r["unread_by_user_ms"].items():
+            lines.append(
+                f"| {r['database']} | {roles[user]} | {visible[user]:,} "
+                f"| {r['unread_candidates'][user]} | {_p(ms)} "
+                f"| {_p(r['function_ms'][f'unread {user}'])} "
+                f"| {_p(r['sql_ms'][f'unread {user}'])} |"
+            )
+    counts = [(r["database"], r["sql_statements_per_request"]) for r in results]
+    if all(c["history"] is not None for _, c in counts):
+        lines += [
+            "",
+            "SQL statements per request (the server's /metrics; SQLite counts its BEGINs): "
+            + "; ".join(
+                f"{db} history {c['history']:g}, unread {c['unread']:g}" for db, c in counts
+            )
+            + ".",
+        ]
+    loads = ", ".join(f"{r['database']} {r['load_average'][1]}" for r in results)
+    lines += [
+        "",
+        f"Machine load average (1 min) after measuring: {loads}, on {os.cpu_count()} CPUs.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run(opts: Any) -> dict[str, Any]:
+    sizes = QUICK if opts.quick else FULL
+    workdir = Path(opts.workdir) / "storage"
+    workdir.mkdir(parents=True, exist_ok=True)
+    log(f"storage: generating {sizes.messages:,} messages over {sizes.candidates:,} candidates")
+    ds = make_dataset(sizes)
+    log(
+        f"storage: generated {ds.thread_count:,} threads, {len(ds.read_markers):,} read markers, "
+        f"{len(ds.events):,} retained events in {ds.seconds:.1f} s"
+    )
+    results = [
+        bench_database("sqlite", f"sqlite+aiosqlite:///{workdir / 'storage.db'}", ds, workdir)
+    ]
+    opts.postgres.create_database("am_storage")
+    results.append(bench_database("postgresql", opts.postgres.url("am_storage"), ds, workdir))
+    return {
+        "name": "storage",
+        "markdown": _markdown(results, ds),
+        "data": {
+            "quick": bool(opts.quick),
+            "generate_seconds": round(ds.seconds, 1),
+            "threads": ds.thread_count,
+            "read_markers": len(ds.read_markers),
+            "retained_events": len(ds.events),
+            "busy_thread_messages": sizes.busy_thread,
+            "visible_candidates": _visible_counts(ds),
+            "databases": results,
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--plans", action="store_true", help="print the query plans too")
+    args = parser.parse_args()
+    from tests.services import PostgresServer
+
+    postgres = PostgresServer.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="am-bench-storage-") as tmp:
+            started = time.perf_counter()
+            result = run(SimpleNamespace(quick=args.quick, workdir=Path(tmp), postgres=postgres))
+            log(f"storage: done in {time.perf_counter() - started:.0f} s")
+    finally:
+        postgres.stop()
+    print(result["markdown"])
+    if args.plans:
+        for db in result["data"]["databases"]:
+            for label, plan in db["plans"].items():
+                print(f"### {db['database']}: {label}\n{plan['sql']}\n" + "\n".join(plan["plan"]))
+
+
+if __name__ == "__main__":
+    main()
