@@ -43,9 +43,9 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     opts.systems = [s for s in opts.systems.split(",") if s]
     quick = opts.quick
-    opts.step_seconds = 1.5 if quick else 3.0
+    opts.step_seconds = 1.5 if quick else 2.5
     opts.fanout_receivers = 200 if quick else 1000
-    opts.fanout_rates = [5.0, 10.0, 20.0, 40.0] if quick else [4, 6, 8, 10, 12, 15, 20.0]
+    opts.fanout_rates = [5.0, 10.0, 20.0, 40.0] if quick else [4, 6, 8, 10, 15, 20.0]
     opts.realistic_candidates = 100 if quick else 500
     opts.realistic_receivers = 400 if quick else 2000
     opts.realistic_rates = [200.0] if quick else [100.0, 200.0, 400.0, 800.0]
