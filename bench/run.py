@@ -23,12 +23,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import fanout, peers
+from bench import fanout, peers, realistic
 from bench.common import RESULTS, log
 from tests.services import PostgresServer, RedisServer
 
 SCENARIOS = ["fanout", "realistic", "storm", "idle", "storage"]  # modules of bench/
 SYSTEMS = ["bare", "socketio_py", "socketio_node", "django_channels", "am"]
+COLORS = dict(
+    zip(SYSTEMS, ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"], strict=True)
+)
 
 
 def options(argv: list[str] | None = None) -> argparse.Namespace:
@@ -151,11 +154,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
             steps = [s for s in data["steps"] if s["p99_ms"] >= 0]
             if not steps:
                 continue
+            label = (realistic if name == "realistic" else fanout).display_name(system)
             axis.plot(
                 [s["expected"] / s["seconds"] for s in steps],
                 [s["p99_ms"] for s in steps],
                 marker="o",
-                label=fanout.display_name(system),
+                label=label,
+                color=COLORS.get(system),  # one colour per system in both panels
             )
         axis.axhline(100, color="grey", linestyle="--", linewidth=1)
         axis.set_xscale("log")
