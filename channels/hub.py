@@ -384,8 +384,11 @@ class Hub:
         self.unread.begin_load(user_key)
         try:
             rows = await self.source.unread_snapshot(next(iter(connections)))
-        except Exception:
-            log.exception("Unread counts could not be read; the next change retries.")
+        except Exception as error:  # an outage of the database: expected, and retried
+            log.warning(
+                "Unread counts could not be read (%s); the next change retries.",
+                type(error).__name__,
+            )
             self.unread.load_failed(user_key)
             return
         self.unread.load(user_key, rows)

@@ -48,6 +48,9 @@ class Alert:
 def header_text(value: str, limit: int = 200) -> str:
     """Text safe for a header: no CR/LF or other controls (no header injection), bounded."""
     cleaned = "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in value)
+    # "=?" would start an RFC 2047 encoded-word that mail clients decode into header syntax
+    # (a name could then read as "Bcc: someone"); a space keeps it plain text.
+    cleaned = cleaned.replace("=?", "= ?")
     return " ".join(cleaned.split())[:limit]
 
 

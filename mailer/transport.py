@@ -11,6 +11,7 @@ import asyncio
 import os
 from dataclasses import dataclass
 from email.message import EmailMessage
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
@@ -72,6 +73,7 @@ class SmtpTransport:
         try:
             await aiosmtplib.send(
                 message,
+                recipients=_one_recipient(message),
                 hostname=self.hostname,
                 port=self.port,
                 username=self.username,
@@ -125,3 +127,12 @@ def create_transport(
     if smtp_url:
         return SmtpTransport.from_url(smtp_url, timeout)
     return FileTransport(mail_dir)
+
+
+def _one_recipient(message: EmailMessage) -> list[str]:
+    """The envelope recipient, given explicitly: never whatever else the To header might
+    be read as. An alert goes to exactly one address."""
+    addresses = [address for _, address in getaddresses([str(message["To"] or "")]) if address]
+    if len(addresses) != 1:
+        raise PermanentError("An alert must have exactly one recipient.")
+    return addresses

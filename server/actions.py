@@ -134,8 +134,11 @@ class Messaging:
                     )
                 )
                 if earlier is not None:
+                    # The original may be in another thread, even of another candidate: it
+                    # is answered if its author may still read it where it is.
                     row = (await messages_by_id(session, [earlier]))[earlier]
-                    rules.check_read(who.actor, target.access, await self._ref_of(session, row))
+                    original = await facts.thread_target(conn, who.actor, row.message.thread_id)
+                    rules.check_read(who.actor, original.access, original.ref)
                     return row.to_json(), False
             message = Message(
                 thread_id=target.ref.id,
@@ -187,11 +190,6 @@ class Messaging:
             if message_id is None:
                 return None
             return (await messages_by_id(session, [message_id])).get(message_id)
-
-    async def _ref_of(self, session: AsyncSession, row: MessageRow) -> rules.ThreadRef:
-        thread = await session.get(Thread, row.message.thread_id)
-        assert thread is not None
-        return facts.thread_ref(thread)
 
     async def delete(self, who: Principal, message_id: int) -> None:
         """Erases a message's text and leaves a tombstone. Deleting a tombstone is a no-op."""

@@ -114,6 +114,8 @@ async def list_candidates(request: Request) -> Response:
     who = await principal(request)
     limit = query_int(request, "limit", low=1, high=500) or 100
     after = request.query_params.get("after") or None
+    if after is not None and not HOST_ID.fullmatch(after):
+        raise InvalidInput("after must be a candidate id.")
     async with services(request).db.read() as session:
         rows, has_more = await views.visible_candidates(
             session, who.actor, after=after, limit=limit

@@ -33,6 +33,11 @@ def _logging() -> None:
         level=os.environ.get("AM_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # At DEBUG, the websockets library traces every frame and handshake header (tokens,
+    # cookies, message bodies) through uvicorn's logger: never let a verbose level reach it.
+    for name in ("uvicorn.error", "websockets"):
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logging.INFO, logger.getEffectiveLevel()))
 
 
 async def _migrate(url: str) -> None:

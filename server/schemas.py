@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
@@ -35,11 +36,15 @@ def _name(value: str) -> str:
     return value
 
 
+# One plain address: no display name, no list, no comments or quoting, so that it can only
+# ever name one mailbox (a comma or angle brackets would smuggle in a second recipient).
+_EMAIL = re.compile(r"[\w!#$%&'*+/=?^`{|}~.-]+@[\w-]+(\.[\w-]+)+")
+
+
 def _email(value: str) -> str:
     value = _clean_text(value).strip()
-    local, at, domain = value.rpartition("@")
-    if not at or not local or "." not in domain or any(c.isspace() or ord(c) < 32 for c in value):
-        raise ValueError("must be an email address")
+    if len(value) > 254 or not _EMAIL.fullmatch(value):
+        raise ValueError("must be one email address, like name@example.com")
     return value
 
 

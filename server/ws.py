@@ -21,6 +21,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
 )
+from starlette.responses import JSONResponse
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -137,7 +138,13 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     try:
         found = await _authenticate(ws, s)
     except UNAVAILABLE_ERRORS:
-        found = None
+        # Not the client's fault: a 503 says "try again", where a 403 would say "bad token".
+        log.warning("The database is unavailable; a socket handshake is refused with 503.")
+        unavailable = Unavailable("A backing service is unavailable; try again shortly.")
+        await ws.send_denial_response(
+            JSONResponse(unavailable.to_json(), status_code=unavailable.status)
+        )
+        return
     if found is None:
         await ws.close(code=1008)  # before accept: the server answers the handshake with 403
         return

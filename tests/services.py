@@ -105,7 +105,15 @@ class PostgresServer:
 
     def restart(self) -> None:
         self._run(
-            _pg_bin("pg_ctl"), "-D", str(self.directory / "data"), "-w", "-m", "fast", "restart"
+            _pg_bin("pg_ctl"),
+            "-D",
+            str(self.directory / "data"),
+            "-l",  # else the new server holds the pipe this call waits on
+            str(self.directory / "log"),
+            "-w",
+            "-m",
+            "fast",
+            "restart",
         )
 
     def stop(self) -> None:

@@ -180,6 +180,23 @@ async def test_tombstones_keep_their_place_and_count_in_pages(world: Api) -> Non
 # --- client_id idempotency ------------------------------------------------------------
 
 
+async def test_a_client_id_repeated_on_another_candidate_answers_the_original(
+    world: Api,
+) -> None:
+    await world.candidate(
+        "acme", "c2", coordinator="coord", members=["coord", "mem"], agency_users=["ann"]
+    )
+    first_thread = await agency_thread(world)
+    second = await world.open_thread("acme", "ann", "c2", {"private": False})
+    body = {"body": "Hello", "client_id": "same"}
+    first = await world.post("acme", "ann", f"/api/v1/threads/{first_thread}/messages", body)
+    assert first.status_code == 201, first.text
+    again = await world.post("acme", "ann", f"/api/v1/threads/{second['id']}/messages", body)
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json() and again.json()["candidate"] == "c1"
+    assert ids(await page(world, "ann", second["id"])) == []
+
+
 async def test_client_id_makes_a_send_idempotent_per_author(world: Api, settings: Settings) -> None:
     thread_id = await agency_thread(world)
     path = f"/api/v1/threads/{thread_id}/messages"
