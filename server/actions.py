@@ -125,7 +125,7 @@ class Messaging:
     ) -> tuple[Json, bool]:
         async with self.db.write() as session:
             conn = await session.connection()
-            target = await self._locked_target(conn, who, thread_id)
+            target = await facts.thread_target(conn, who.actor, thread_id, lock=True)
             rules.check_post(who.actor, target.access, target.ref)
             if client_id is not None:
                 earlier = await conn.scalar(
@@ -204,8 +204,8 @@ class Messaging:
             ).first()
             if found is None:
                 raise NotFound("No such message.")
-            target = await self._locked_target(
-                conn, who, found.thread_id, missing="No such message."
+            target = await facts.thread_target(
+                conn, who.actor, found.thread_id, missing="No such message.", lock=True
             )
             rules.check_delete(who.actor, target.access, target.ref, found.author_pk)
             if found.deleted:
@@ -222,7 +222,7 @@ class Messaging:
         moved = False
         async with self.db.write() as session:
             conn = await session.connection()
-            target = await self._locked_target(conn, who, thread_id, lock=False)
+            target = await facts.thread_target(conn, who.actor, thread_id)
             rules.check_read(who.actor, target.access, target.ref)
             thread_id = target.ref.id
             in_thread = await session.scalar(
@@ -256,19 +256,6 @@ class Messaging:
         return unread
 
     # --- shared steps ---------------------------------------------------------------
-
-    async def _locked_target(
-        self,
-        conn: AsyncConnection,
-        who: Principal,
-        thread_id: int,
-        *,
-        missing: str = "No such thread.",
-        lock: bool = True,
-    ) -> Target:
-        """The thread, its candidate (row-locked: writes to one candidate are serialised, so
-        that seqs and message ids commit in order) and the candidate's access now."""
-        return await facts.thread_target(conn, who.actor, thread_id, missing=missing, lock=lock)
 
     async def _append_event(
         self, conn: AsyncConnection, target: Target, kind: str, message_id: int

@@ -121,12 +121,6 @@ def thread_ref(thread: Thread) -> ThreadRef:
     )
 
 
-async def thread_row(session: AsyncSession, org_pk: int, thread_id: int) -> Thread | None:
-    return (
-        await session.execute(select(Thread).where(Thread.id == thread_id, Thread.org_pk == org_pk))
-    ).scalar_one_or_none()
-
-
 async def earlier_private_partners(session: AsyncSession, actor: Actor) -> frozenset[int]:
     """Members this agency user has exchanged private messages with, on any candidate."""
     if actor.is_member:
@@ -178,7 +172,8 @@ async def thread_target(
     missing: str = "No such thread.",
     lock: bool = False,
 ) -> Target:
-    """The thread, its candidate (row-locked with `lock`) and the candidate's access now,
+    """The thread, its candidate (row-locked with `lock`: writes to one candidate are
+    serialised, so that seqs and message ids commit in order) and the candidate's access now,
     in two statements built once. A thread the actor may not see is NotFound, as one that
     does not exist."""
     query = _LOCKED_TARGET if lock else _TARGET
