@@ -42,7 +42,10 @@ def _prepare_sqlite_file(url: str) -> None:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
-def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+def create_engine(url: str, *, sqlite_foreign_keys: bool = True, **kwargs: Any) -> AsyncEngine:
+    """An async engine for `url`. `sqlite_foreign_keys=False` is for schema migrations only:
+    SQLite rebuilds a table by dropping it, which with foreign keys on cascades to its
+    children."""
     # Errors must not carry SQL parameters into logs or tracebacks.
     kwargs.setdefault("hide_parameters", True)
     if not is_sqlite(url):
@@ -69,7 +72,7 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if sqlite_foreign_keys else 'OFF'}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 

@@ -9,8 +9,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
+from sqlalchemy.pool import NullPool
 
-from storage.database import Database
+from storage.database import Database, create_engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -39,6 +40,10 @@ async def current_revision(db: Database) -> str | None:
         return await conn.run_sync(_current_revision)
 
 
+class ForeignKeysBroken(RuntimeError):
+    """A migration left rows that point at missing rows; nothing was committed."""
+
+
 async def upgrade(db: Database) -> None:
     """Brings the schema to the newest revision, in the caller's event loop."""
 
@@ -46,9 +51,32 @@ async def upgrade(db: Database) -> None:
         config = alembic_config(db.url)
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+        if db.sqlite:
+            _check_foreign_keys(connection)
 
-    async with db.engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+    if not db.sqlite:
+        async with db.engine.begin() as conn:
+            await conn.run_sync(_upgrade)
+        return
+    # SQLite changes a table by rebuilding it, and only with foreign keys off (the pragma
+    # is ignored inside a transaction, hence a connection of its own); they are checked
+    # before the commit instead.
+    engine = create_engine(db.url, sqlite_foreign_keys=False, poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade)
+    finally:
+        await engine.dispose()
+
+
+def _check_foreign_keys(connection: Connection) -> None:
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        tables = sorted({row[0] for row in broken})
+        raise ForeignKeysBroken(
+            f"The migration left {len(broken)} rows pointing at missing rows "
+            f"(tables: {', '.join(tables)}); it was rolled back."
+        )
 
 
 async def check_up_to_date(db: Database) -> None:

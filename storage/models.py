@@ -100,9 +100,15 @@ class User(Base):
     email_muted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 
+# Ids of rows that can be erased never come back on SQLite (AUTOINCREMENT): a client, a
+# process's channel or an email link that still holds an old id must not find a new row.
+# PostgreSQL sequences never reuse values anyway.
+_NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
+
 class Candidate(Base):
     __tablename__ = "candidates"
-    __table_args__ = (UniqueConstraint("org_pk", "ext_id"),)
+    __table_args__ = (UniqueConstraint("org_pk", "ext_id"), _NEVER_REUSE_IDS)
     pk: Mapped[int] = mapped_column(BigId, primary_key=True)
     org_pk: Mapped[int] = mapped_column(ForeignKey("orgs.pk", ondelete="CASCADE"))
     ext_id: Mapped[str] = mapped_column(String(64))
@@ -166,6 +172,7 @@ class Thread(Base):
         ),
         # Earlier private exchanges of an agency user, for the "private contacts" rule.
         Index("ix_threads_private_pair", "agency_user_pk", "member_pk"),
+        _NEVER_REUSE_IDS,
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     org_pk: Mapped[int] = mapped_column(ForeignKey("orgs.pk", ondelete="CASCADE"))
@@ -191,6 +198,7 @@ class Message(Base):
         # author and deleted flag make counting unread an index-only walk.
         Index("ix_messages_thread_id", "thread_id", "id", "author_pk", "deleted"),
         Index("ix_messages_thread_author", "thread_id", "author_pk"),
+        _NEVER_REUSE_IDS,
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     thread_id: Mapped[int] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"))
@@ -272,6 +280,7 @@ class EmailOutbox(Base):
             postgresql_where=text("status = 'pending'"),
         ),
         Index("ix_email_outbox_due", "status", "due_at"),
+        _NEVER_REUSE_IDS,
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     org_pk: Mapped[int] = mapped_column(ForeignKey("orgs.pk", ondelete="CASCADE"))

@@ -12,17 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command as alembic_command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event, func, insert, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.pool import NullPool
 
 from server import views
 from server.eventlog import SqlEventSource
 from server.rules import Actor
 from server.settings import Settings
 from storage import migrate
-from storage.database import SQLITE_BUSY_TIMEOUT_MS, Database
+from storage.database import SQLITE_BUSY_TIMEOUT_MS, Database, create_engine
 from storage.models import (
     Base,
     Candidate,
@@ -593,3 +595,130 @@ async def test_erasing_a_candidate_leaves_no_rows(world: Api, database: Database
     assert await count(Message, Message.id == kept["id"]) == 1
     missing = await world.get("acme", "ann", f"/api/v1/threads/{agency['id']}/messages")
     assert missing.status_code == 404
+
+
+async def test_ids_of_an_erased_candidate_are_never_handed_out_again(
+    world: Api, database: Database
+) -> None:
+    # The erased rows hold the newest ids; without AUTOINCREMENT SQLite would reuse them.
+    thread = await world.open_thread("acme", "ann", "c1", {"private": False})
+    message = await world.send("acme", "ann", thread["id"], "hello")
+    old_pk = await _candidate_pk(database, "acme", "c1")
+    response = await world.client.delete("/api/v1/orgs/acme/candidates/c1", headers=world.service)
+    assert response.status_code == 204, response.text
+
+    await world.candidate(
+        "acme", "c1", coordinator="coord", members=["coord", "mem"], agency_users=["ann"]
+    )
+    again = await world.open_thread("acme", "ann", "c1", {"private": False})
+    resent = await world.send("acme", "ann", again["id"], "hello again")
+    assert await _candidate_pk(database, "acme", "c1") > old_pk
+    assert again["id"] > thread["id"]
+    assert resent["id"] > message["id"]
+    # The old ids find nothing, for either side.
+    for user in ("ann", "mem"):
+        gone = await world.get("acme", user, f"/api/v1/threads/{thread['id']}/messages")
+        assert gone.status_code == 404, gone.text
+
+
+async def test_the_autoincrement_migration_keeps_every_row(tmp_path: Path) -> None:
+    """0003 → head on SQLite rebuilds four tables: their rows, and the rows that point at
+    them (children that a rebuild with foreign keys on would cascade away), all stay."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url, sqlite_foreign_keys=False, poolclass=NullPool)
+
+    def upgrade_to(connection: Connection, revision: str) -> None:
+        config = migrate.alembic_config(url)
+        config.attributes["connection"] = connection
+        alembic_command.upgrade(config, revision)
+
+    async with engine.begin() as conn:
+        await conn.run_sync(upgrade_to, "0003")
+        for statement in _OLD_ROWS:
+            await conn.exec_driver_sql(statement)
+    await engine.dispose()
+
+    db = Database(url)
+    try:
+        await migrate.upgrade(db)
+        assert await migrate.current_revision(db) == migrate.head_revision(url)
+        async with db.engine.connect() as conn:
+            counts = {
+                table: (await conn.exec_driver_sql(f"SELECT count(*) FROM {table}")).scalar_one()
+                for table in (
+                    "candidates",
+                    "threads",
+                    "messages",
+                    "events",
+                    "read_markers",
+                    "thread_posters",
+                    "email_outbox",
+                    "candidate_members",
+                )
+            }
+            schema = dict((await conn.exec_driver_sql("SELECT name, sql FROM sqlite_master")).all())
+            assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar_one() == 1
+        assert set(counts.values()) == {1}, counts
+        for table in ("candidates", "threads", "messages", "email_outbox"):
+            assert "AUTOINCREMENT" in schema[table], schema[table]
+        # The partial unique indexes survive the rebuild with their WHERE clauses.
+        assert "WHERE kind = 'agency'" in schema["uq_threads_agency"]
+        assert "WHERE status = 'pending'" in schema["uq_email_outbox_pending"]
+        async with db.write() as session:
+            session.add(
+                Message(thread_id=5, candidate_pk=1, author_pk=1, body="next", deleted=False)
+            )
+            await session.flush()
+        async with db.read() as session:
+            assert await session.scalar(select(func.max(Message.id))) == 8
+    finally:
+        await db.close()
+
+
+async def test_a_migration_that_breaks_a_foreign_key_is_rolled_back(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'broken.db'}"
+    engine = create_engine(url, sqlite_foreign_keys=False, poolclass=NullPool)
+
+    def upgrade_to(connection: Connection, revision: str) -> None:
+        config = migrate.alembic_config(url)
+        config.attributes["connection"] = connection
+        alembic_command.upgrade(config, revision)
+
+    async with engine.begin() as conn:
+        await conn.run_sync(upgrade_to, "0003")
+        # A message whose thread does not exist (possible only with foreign keys off).
+        await conn.exec_driver_sql(_OLD_ROWS[0])
+        await conn.exec_driver_sql(_OLD_ROWS[1])
+        await conn.exec_driver_sql(
+            "INSERT INTO messages (id, thread_id, candidate_pk, author_pk, body, created_at, "
+            "deleted) VALUES (9, 404, 1, 1, 'x', '2026-01-01', 0)"
+        )
+    await engine.dispose()
+    db = Database(url)
+    try:
+        with pytest.raises(migrate.ForeignKeysBroken, match="messages"):
+            await migrate.upgrade(db)
+        assert await migrate.current_revision(db) == "0003"
+    finally:
+        await db.close()
+
+
+_OLD_ROWS = [
+    "INSERT INTO orgs (pk, ext_id, name, created_at) VALUES (1, 'o', 'O', '2026-01-01')",
+    "INSERT INTO users (pk, org_pk, ext_id, name, email, kind, email_muted) VALUES "
+    "(1, 1, 'm', 'M', 'm@example.com', 'member', 0), "
+    "(2, 1, 'a', 'A', 'a@example.com', 'agency', 0)",
+    "INSERT INTO candidates (pk, org_pk, ext_id, name, last_seq) VALUES (1, 1, 'c', 'C', 1)",
+    "INSERT INTO candidate_members (candidate_pk, user_pk) VALUES (1, 1)",
+    "INSERT INTO threads (id, org_pk, candidate_pk, kind, agency_user_pk, created_at, "
+    "last_message_id) VALUES (5, 1, 1, 'agency', 2, '2026-01-01', 7)",
+    "INSERT INTO messages (id, thread_id, candidate_pk, author_pk, body, created_at, deleted) "
+    "VALUES (7, 5, 1, 1, 'hi', '2026-01-01', 0)",
+    "INSERT INTO thread_posters (thread_id, user_pk) VALUES (5, 1)",
+    "INSERT INTO events (candidate_pk, seq, kind, thread_id, message_id, created_at) "
+    "VALUES (1, 1, 'message.created', 5, 7, '2026-01-01')",
+    "INSERT INTO read_markers (user_pk, thread_id, message_id) VALUES (2, 5, 7)",
+    "INSERT INTO email_outbox (id, org_pk, user_pk, thread_id, candidate_pk, status, due_at, "
+    "first_message_id, attempts, created_at) "
+    "VALUES (3, 1, 2, 5, 1, 'pending', '2026-01-01', 7, 0, '2026-01-01')",
+]

@@ -24,7 +24,8 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async() -> None:
-    engine = create_engine(config.get_main_option("sqlalchemy.url"))
+    # Run from the alembic command line: SQLite table rebuilds need foreign keys off.
+    engine = create_engine(config.get_main_option("sqlalchemy.url"), sqlite_foreign_keys=False)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)
