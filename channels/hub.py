@@ -129,6 +129,7 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self.unread = UnreadTracker()
+        self._first_reads: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._unread_wakeup = asyncio.Event()
         self.on_event_dispatched: Callable[[int], None] | None = None
 
@@ -162,9 +163,17 @@ class Hub:
     # --- connections ----------------------------------------------------------------
 
     async def register(self, connection: Connection) -> None:
-        self.users[connection.user_key].add(connection)
-        self.unread.want(connection.user_key)
-        self._unread_wakeup.set()
+        """Adds a connection; for a user new to this process, its unread counts are read
+        first. Called before the socket is accepted, so that whatever the client reads after
+        connecting is no older than the counts that later changes are reported against.
+        Raises what reading the counts raised (the database is down): nothing is kept."""
+        key = connection.user_key
+        self.users[key].add(connection)
+        try:
+            await self._first_unread(key, connection)
+        except BaseException:
+            self._remove(connection)
+            raise
         try:
             await self.presence.add(connection.user_key, connection.id)
         except Exception:  # the lease is written again by the next renewal
@@ -173,14 +182,38 @@ class Hub:
     async def unregister(self, connection: Connection) -> None:
         for candidate_pk in list(connection.subscriptions):
             await self.unsubscribe(connection, candidate_pk)
+        self._remove(connection)
+        with contextlib.suppress(Exception):  # presence also expires by itself
+            await self.presence.remove(connection.user_key, connection.id)
+
+    def _remove(self, connection: Connection) -> None:
         peers = self.users.get(connection.user_key)
         if peers is not None:
             peers.discard(connection)
             if not peers:
                 del self.users[connection.user_key]
                 self.unread.forget(connection.user_key)
-        with contextlib.suppress(Exception):  # presence also expires by itself
-            await self.presence.remove(connection.user_key, connection.id)
+
+    async def _first_unread(self, key: tuple[int, int], connection: Connection) -> None:
+        """Reads a user's counts once per process; concurrent connects share the read."""
+        reading = self._first_reads.get(key)
+        if reading is None:
+            if self.unread.knows(key):
+                return
+            reading = asyncio.create_task(self._read_first(key, connection), name="hub-unread")
+            self._first_reads[key] = reading
+            reading.add_done_callback(lambda _: self._first_reads.pop(key, None))
+        await asyncio.shield(reading)
+
+    async def _read_first(self, key: tuple[int, int], connection: Connection) -> None:
+        self.unread.begin_load(key)
+        try:
+            rows = await self.source.unread_snapshot(connection)
+        except BaseException:
+            self.unread.forget(key)
+            raise
+        self.unread.load(key, rows)
+        self._unread_wakeup.set()  # events held during the read may owe frames
 
     # --- subscriptions --------------------------------------------------------------
 

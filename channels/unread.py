@@ -14,6 +14,10 @@ count, and every later one arrives as an event; events up to the watermark are i
 later ones are counted once each. Events that arrive while a snapshot is being read are
 held and applied to the new snapshot.
 
+Every read after the first is compared with the counts it replaces: each thread whose count
+moved, or that the user no longer sees (sent as 0), gets a frame. So an access change, a
+delete or a lost broker link tells the client exactly what changed.
+
 This module does no I/O: the hub reads snapshots and sends the frames it builds.
 """
 
@@ -50,9 +54,13 @@ class _ThreadCount:
 @dataclass(slots=True)
 class _UserCounts:
     threads: dict[int, _ThreadCount] = field(default_factory=dict)
+    # Every candidate the user's counts have named: a thread that is no longer seen is
+    # still reported (as 0) under its candidate's id. Pks are never reused.
     candidate_ids: dict[int, str] = field(default_factory=dict)
     loaded: bool = False
+    ever_loaded: bool = False  # the first read is the client's starting point: no frames
     held: list[envelope.UnreadEnvelope] = field(default_factory=list)
+    gone: dict[int, int] = field(default_factory=dict)  # thread -> candidate, to report as 0
 
 
 class UnreadTracker:
@@ -69,18 +77,19 @@ class UnreadTracker:
         self.stale.discard(user)
         self.touched.pop(user, None)
 
-    def want(self, user: UserKey) -> None:
-        """A user connected: read its counts now, before its first event needs them."""
-        if user not in self._users:
-            self._users[user] = _UserCounts()
-            self.stale.add(user)
+    def knows(self, user: UserKey) -> bool:
+        """The user's counts are held (or being read) here."""
+        return user in self._users
 
-    def invalidate(self, user: UserKey, touch: tuple[int, int]) -> None:
-        """Read this user's counts again, then send `touch` (a thread, or RESYNC)."""
+    def invalidate(self, user: UserKey, touch: tuple[int, int] | None = None) -> None:
+        """Read this user's counts again, then send what moved, and `touch` (a thread, or
+        RESYNC for the whole summary)."""
         counts = self._users.setdefault(user, _UserCounts())
         counts.loaded = False
         self.stale.add(user)
-        self.touched.setdefault(user, set()).add(touch)
+        touched = self.touched.setdefault(user, set())
+        if touch is not None:
+            touched.add(touch)
 
     def begin_load(self, user: UserKey) -> None:
         """A snapshot read starts: events from now on are held for it."""
@@ -94,15 +103,33 @@ class UnreadTracker:
         if counts is None:
             return  # disconnected meanwhile
         held, counts.held = counts.held, []
+        before = {thread_id: (c.candidate_pk, c.unread) for thread_id, c in counts.threads.items()}
         counts.threads = {
             r.thread_id: _ThreadCount(r.candidate_pk, r.unread, r.watermark, r.marker) for r in rows
         }
-        counts.candidate_ids = {}
         for r in rows:
             counts.candidate_ids[r.candidate_pk] = r.candidate_id
         counts.loaded = True
         for message in held:
             self._apply(user, counts, message)
+        if counts.ever_loaded:
+            self._touch_moved(user, counts, before)
+        counts.ever_loaded = True
+
+    def _touch_moved(
+        self, user: UserKey, counts: _UserCounts, before: dict[int, tuple[int, int]]
+    ) -> None:
+        touched = self.touched.setdefault(user, set())
+        for thread_id, (candidate_pk, unread) in before.items():
+            now = counts.threads.get(thread_id)
+            if now is None:
+                counts.gone[thread_id] = candidate_pk
+                touched.add((candidate_pk, thread_id))
+            elif now.unread != unread:
+                touched.add((candidate_pk, thread_id))
+        for thread_id, now in counts.threads.items():
+            if thread_id not in before and now.unread:
+                touched.add((now.candidate_pk, thread_id))
 
     def load_failed(self, user: UserKey) -> None:
         self.stale.add(user)
@@ -114,7 +141,9 @@ class UnreadTracker:
         for user in local:
             counts = self._users.get(user)
             if message.change != envelope.UNREAD_CREATED:
-                item = (message.candidate_pk, message.thread_id) if message.thread_id else RESYNC
+                # Thread 0: the user's access to the candidate changed. The new read is
+                # compared with the old one thread by thread.
+                item = (message.candidate_pk, message.thread_id) if message.thread_id else None
                 self.invalidate(user, item)
             elif counts is None:
                 self.invalidate(user, (message.candidate_pk, message.thread_id))
@@ -167,17 +196,20 @@ class UnreadTracker:
         for candidate_pk, thread_id in sorted(items):
             thread = counts.threads.get(thread_id)
             candidate_id = counts.candidate_ids.get(candidate_pk)
-            if (candidate_pk, thread_id) == RESYNC or thread is None or candidate_id is None:
+            if (candidate_pk, thread_id) == RESYNC or candidate_id is None:
                 continue
+            if thread is None and counts.gone.pop(thread_id, None) != candidate_pk:
+                continue  # never known to this user
             frames.append(
                 envelope.unread_frame(
                     candidate_id,
                     thread_id,
-                    thread.unread,
+                    0 if thread is None else thread.unread,
                     by_candidate.get(candidate_pk, 0),
                     total,
                 )
             )
+        counts.gone.clear()
         if RESYNC in items:
             summary = [
                 (counts.candidate_ids[pk], n)

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from server import facts
 from server.errors import Conflict, InvalidInput, NotFound
-from server.events import AccessRevoked, DomainEvent, EventSink
+from server.events import AccessRevoked, DomainEvent, EventSink, UnreadTouched
 from server.rules import AGENCY, MEMBER
 from storage.database import Database
 from storage.models import (
@@ -163,8 +163,14 @@ class Provisioning:
             had = before_members | ({before_coordinator} if before_coordinator else set())
             has = member_pks | ({coordinator_pk} if coordinator_pk else set())
             revoked = (had - has) | (before_agency - agency_pks)
+            granted = (has - had) | (agency_pks - before_agency)
             if revoked:
                 events.append(AccessRevoked(org.pk, candidate.pk, candidate_id, frozenset(revoked)))
+            if granted and not created:
+                # Their blue dots may light up with the candidate's existing threads.
+                events.append(
+                    UnreadTouched(org.pk, candidate.pk, candidate_id, 0, frozenset(granted))
+                )
         await self.sink.publish(events)
         return {
             "id": candidate_id,
@@ -182,6 +188,8 @@ class Provisioning:
             candidate = await facts.candidate_row(session, org.pk, candidate_id, lock=True)
             if candidate is None:
                 return
+            access = await facts.candidate_access(session, candidate)
+            had = access.members_with_access | access.agency_user_pks
             # Explicit deletes rather than trusting every backend's cascade configuration.
             thread_ids = select(Thread.id).where(Thread.candidate_pk == candidate.pk)
             await session.execute(
@@ -202,7 +210,7 @@ class Provisioning:
                 delete(CandidateAgencyUser).where(CandidateAgencyUser.candidate_pk == candidate.pk)
             )
             await session.execute(delete(Candidate).where(Candidate.pk == candidate.pk))
-            events.append(AccessRevoked(org.pk, candidate.pk, candidate_id, erased=True))
+            events.append(AccessRevoked(org.pk, candidate.pk, candidate_id, had, erased=True))
         await self.sink.publish(events)
 
 

@@ -138,12 +138,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     try:
         found = await _authenticate(ws, s)
     except UNAVAILABLE_ERRORS:
-        # Not the client's fault: a 503 says "try again", where a 403 would say "bad token".
-        log.warning("The database is unavailable; a socket handshake is refused with 503.")
-        unavailable = Unavailable("A backing service is unavailable; try again shortly.")
-        await ws.send_denial_response(
-            JSONResponse(unavailable.to_json(), status_code=unavailable.status)
-        )
+        await _refuse_unavailable(ws)
         return
     if found is None:
         await ws.close(code=1008)  # before accept: the server answers the handshake with 403
@@ -151,13 +146,23 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     who, expires_at = found
     realtime = s.realtime
     limit = s.settings.max_connections_per_user
-    await ws.accept()
     if limit and await _open_connections(realtime, who) >= limit:
+        await ws.accept()
         await ws.send_text(_error(None, RateLimited("Too many open connections for this user.", 0)))
         await ws.close(CLOSE_TOO_MANY_CONNECTIONS, "Too many open connections.")
         return
     conn = Connection(who.actor.org_pk, who.actor.pk, who.kind, realtime.limits, context=who)
-    await realtime.hub.register(conn)
+    try:
+        # Before accept: the user's unread counts are read first (see Hub.register).
+        await realtime.hub.register(conn)
+    except UNAVAILABLE_ERRORS:
+        await _refuse_unavailable(ws)
+        return
+    try:
+        await ws.accept()
+    except BaseException:
+        await realtime.hub.unregister(conn)
+        raise
     s.metrics.ws_connections.inc()
     await _came_online(s, who)
     expiry = asyncio.get_running_loop().call_later(
@@ -189,6 +194,15 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         await realtime.hub.unregister(conn)
         s.metrics.ws_connections.dec()
         s.metrics.ws_closed.labels(str(conn.close_code)).inc()
+
+
+async def _refuse_unavailable(ws: WebSocket) -> None:
+    # Not the client's fault: a 503 says "try again", where a 403 would say "bad token".
+    log.warning("The database is unavailable; a socket handshake is refused with 503.")
+    unavailable = Unavailable("A backing service is unavailable; try again shortly.")
+    await ws.send_denial_response(
+        JSONResponse(unavailable.to_json(), status_code=unavailable.status)
+    )
 
 
 async def _came_online(s: Services, who: Principal) -> None:

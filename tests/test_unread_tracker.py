@@ -94,23 +94,62 @@ def test_an_unknown_thread_reads_the_counts_again() -> None:
     assert [(f["thread"], f["unread"], f["total_unread"]) for f in frames(tracker)] == [(99, 4, 4)]
 
 
-def test_reads_deletes_and_access_changes_read_the_counts_again() -> None:
+def test_reads_and_deletes_read_the_counts_again() -> None:
     tracker = loaded(snapshot(unread=3, watermark=9))
     feed(tracker, envelope.UnreadEnvelope(ORG, CAND, THREAD, frozenset({READER})))
     assert USER in tracker.stale and frames(tracker) == []
     tracker.begin_load(USER)
     tracker.load(USER, [snapshot(unread=1, watermark=9)])
     assert [f["unread"] for f in frames(tracker)] == [1]
-    feed(tracker, envelope.UnreadEnvelope(ORG, CAND, 0, frozenset({READER})))  # access
+
+
+def access_changed(candidate: int) -> envelope.Envelope:
+    return envelope.UnreadEnvelope(ORG, candidate, 0, frozenset({READER}))
+
+
+def test_an_access_change_sends_every_thread_that_moved_and_only_those() -> None:
+    other = ThreadSnapshot(8, 6, "c6", 2, 40, 0)
+    quiet = ThreadSnapshot(9, 6, "c6", 0, 40, 40)
+    tracker = loaded(snapshot(unread=3, watermark=9), other, quiet)
+    # Access to c5 is revoked: its thread is reported as 0, under its candidate's id.
+    feed(tracker, access_changed(CAND))
     tracker.begin_load(USER)
-    tracker.load(USER, [snapshot(unread=1, watermark=9), ThreadSnapshot(8, 6, "c6", 0, 0, 0)])
+    tracker.load(USER, [other, quiet])
     assert frames(tracker) == [
         {
-            "type": "unread.summary",
-            "candidates": [{"candidate": "c5", "unread": 1}],
-            "total_unread": 1,
+            "type": "unread",
+            "candidate": "c5",
+            "thread": THREAD,
+            "unread": 0,
+            "candidate_unread": 0,
+            "total_unread": 2,
         }
     ]
+    # Granted again, with one more message meanwhile: the thread comes back with its count.
+    feed(tracker, access_changed(CAND))
+    tracker.begin_load(USER)
+    tracker.load(USER, [snapshot(unread=4, watermark=12), other, quiet])
+    assert [
+        (f["thread"], f["unread"], f["candidate_unread"], f["total_unread"])
+        for f in frames(tracker)
+    ] == [(THREAD, 4, 4, 6)]
+    # A thread that appears with nothing unread changes nothing the client shows.
+    feed(tracker, access_changed(5))
+    tracker.begin_load(USER)
+    tracker.load(
+        USER, [snapshot(unread=4, watermark=12), other, quiet, ThreadSnapshot(11, 7, "c7", 0, 0, 0)]
+    )
+    assert frames(tracker) == []
+
+
+def test_the_first_read_of_a_connection_sends_nothing() -> None:
+    tracker = UnreadTracker()
+    tracker.begin_load(USER)
+    feed(tracker, access_changed(CAND))  # during the first read: that read is the start
+    assert tracker.knows(USER)
+    tracker.begin_load(USER)
+    tracker.load(USER, [snapshot(unread=3, watermark=9)])
+    assert frames(tracker) == []
 
 
 def test_a_lost_broker_link_resends_the_summary() -> None:

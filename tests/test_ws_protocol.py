@@ -681,6 +681,48 @@ async def test_author_gets_no_unread_for_own_messages(world: Api, live: str) -> 
     await close_all(ann, mem)
 
 
+async def test_blue_dots_follow_access_changes(world: Api, live: str) -> None:
+    """Losing access clears the dot (each thread reported as 0); regaining it brings the
+    counts back; erasing the candidate clears everyone's. Nothing reaches the other org."""
+    agency = await world.open_thread("acme", "ann", "c1", {"private": False})
+    private = await world.open_thread("acme", "mem", "c1", {"private": True, "agency_user": "ann"})
+    mem = await connect(world, live, "acme", "mem")  # subscribed to nothing: dots only
+    coord = await connect(world, live, "acme", "coord")
+    omem = await connect(world, live, "other", "omem")
+    await still_open(mem)
+    await world.send("acme", "ann", agency["id"], "public")
+    await world.send("acme", "ann", private["id"], "private")
+    await next_unread(mem, thread=private["id"], candidate_unread=2, total_unread=2)
+    await next_unread(coord, thread=agency["id"], unread=1)
+
+    members = ["coord", "mem"]
+    await world.candidate(
+        "acme", "c1", coordinator="coord", members=["coord"], agency_users=["ann"]
+    )
+    gone = {
+        (f["thread"], f["unread"], f["candidate_unread"], f["total_unread"])
+        for f in [await next_unread(mem), await next_unread(mem)]
+    }
+    assert gone == {(agency["id"], 0, 0, 0), (private["id"], 0, 0, 0)}
+
+    await world.candidate("acme", "c1", coordinator="coord", members=members, agency_users=["ann"])
+    back = {
+        (f["thread"], f["unread"], f["candidate_unread"], f["total_unread"])
+        for f in [await next_unread(mem), await next_unread(mem)]
+    }
+    assert back == {(agency["id"], 1, 2, 2), (private["id"], 1, 2, 2)}
+
+    response = await world.client.delete("/api/v1/orgs/acme/candidates/c1", headers=world.service)
+    assert response.status_code == 204
+    frame = await next_unread(coord, thread=agency["id"], unread=0)
+    assert frame["candidate"] == "c1" and frame["total_unread"] == 0
+    frame = await next_unread(mem, thread=private["id"], unread=0)
+    assert frame["candidate_unread"] == 0 and frame["total_unread"] == 0
+    await omem.quiet(1.2)  # longer than a batch interval
+    assert not [f for f in omem.frames if f.get("type") == "unread"]
+    await close_all(mem, coord, omem)
+
+
 # --- 8. slow clients ----------------------------------------------------------------
 
 
