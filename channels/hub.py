@@ -147,9 +147,10 @@ class Hub:
             self._tasks.append(asyncio.create_task(loop(), name=name))
 
     async def close(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._first_reads.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         for channel in self.channels.values():
             if channel.filling is not None:
                 channel.filling.cancel()
@@ -196,24 +197,27 @@ class Hub:
 
     async def _first_unread(self, key: tuple[int, int], connection: Connection) -> None:
         """Reads a user's counts once per process; concurrent connects share the read."""
-        reading = self._first_reads.get(key)
-        if reading is None:
-            if self.unread.knows(key):
-                return
-            reading = asyncio.create_task(self._read_first(key, connection), name="hub-unread")
-            self._first_reads[key] = reading
-            reading.add_done_callback(lambda _: self._first_reads.pop(key, None))
-        await asyncio.shield(reading)
+        while True:
+            reading = self._first_reads.get(key)
+            if reading is None:
+                if self.unread.knows(key):
+                    return
+                reading = asyncio.create_task(self._read_first(key, connection), name="hub-unread")
+                self._first_reads[key] = reading
+                reading.add_done_callback(lambda _: self._first_reads.pop(key, None))
+            await asyncio.shield(reading)
+            # The read ends unused if every connection that wanted it left meanwhile (a
+            # cancelled handshake); then this connection reads again.
 
     async def _read_first(self, key: tuple[int, int], connection: Connection) -> None:
-        self.unread.begin_load(key)
+        token = self.unread.begin_load(key)
         try:
             rows = await self.source.unread_snapshot(connection)
         except BaseException:
             self.unread.forget(key)
             raise
-        self.unread.load(key, rows)
-        self._unread_wakeup.set()  # events held during the read may owe frames
+        self.unread.load(key, rows, token)
+        self._unread_wakeup.set()  # a change during the read is read again, and reported
 
     # --- subscriptions --------------------------------------------------------------
 
@@ -402,6 +406,8 @@ class Hub:
             self._unread_wakeup.clear()
             last_batch = loop.time()
             for user_key in list(self.unread.stale):
+                if user_key in self._first_reads:
+                    continue  # stays stale: read again once the first read is in
                 await self._load_unread(user_key)
                 await asyncio.sleep(0)  # many users at once must not starve the fan-out
             for user_key, frames in self.unread.take_frames().items():
@@ -414,7 +420,7 @@ class Hub:
         if not connections:
             self.unread.forget(user_key)
             return
-        self.unread.begin_load(user_key)
+        token = self.unread.begin_load(user_key)
         try:
             rows = await self.source.unread_snapshot(next(iter(connections)))
         except Exception as error:  # an outage of the database: expected, and retried
@@ -422,9 +428,9 @@ class Hub:
                 "Unread counts could not be read (%s); the next change retries.",
                 type(error).__name__,
             )
-            self.unread.load_failed(user_key)
+            self.unread.load_failed(user_key, token)
             return
-        self.unread.load(user_key, rows)
+        self.unread.load(user_key, rows, token)
 
     # --- background loops -----------------------------------------------------------
 

@@ -58,6 +58,7 @@ class _UserCounts:
     # still reported (as 0) under its candidate's id. Pks are never reused.
     candidate_ids: dict[int, str] = field(default_factory=dict)
     loaded: bool = False
+    reading: int = 0  # the token of the newest snapshot read; older reads are dropped
     ever_loaded: bool = False  # the first read is the client's starting point: no frames
     held: list[envelope.UnreadEnvelope] = field(default_factory=list)
     gone: dict[int, int] = field(default_factory=dict)  # thread -> candidate, to report as 0
@@ -66,6 +67,7 @@ class _UserCounts:
 class UnreadTracker:
     def __init__(self) -> None:
         self._users: dict[UserKey, _UserCounts] = {}
+        self._reads = 0
         self.stale: set[UserKey] = set()  # users whose counts must be read from SQL
         self.touched: dict[UserKey, set[tuple[int, int]]] = {}  # (candidate_pk, thread_id)
 
@@ -91,17 +93,21 @@ class UnreadTracker:
         if touch is not None:
             touched.add(touch)
 
-    def begin_load(self, user: UserKey) -> None:
-        """A snapshot read starts: events from now on are held for it."""
+    def begin_load(self, user: UserKey) -> int:
+        """A snapshot read starts: events from now on are held for it. Returns the read's
+        token, for `load` or `load_failed`."""
         counts = self._users.setdefault(user, _UserCounts())
         counts.loaded = False
         counts.held.clear()
         self.stale.discard(user)
+        self._reads += 1
+        counts.reading = self._reads
+        return self._reads
 
-    def load(self, user: UserKey, rows: Iterable[ThreadSnapshot]) -> None:
+    def load(self, user: UserKey, rows: Iterable[ThreadSnapshot], token: int) -> None:
         counts = self._users.get(user)
-        if counts is None:
-            return  # disconnected meanwhile
+        if counts is None or counts.reading != token:
+            return  # disconnected meanwhile, or a newer read has started: it decides
         held, counts.held = counts.held, []
         before = {thread_id: (c.candidate_pk, c.unread) for thread_id, c in counts.threads.items()}
         counts.threads = {
@@ -131,8 +137,10 @@ class UnreadTracker:
             if thread_id not in before and now.unread:
                 touched.add((now.candidate_pk, thread_id))
 
-    def load_failed(self, user: UserKey) -> None:
-        self.stale.add(user)
+    def load_failed(self, user: UserKey, token: int) -> None:
+        counts = self._users.get(user)
+        if counts is not None and counts.reading == token:
+            self.stale.add(user)
 
     # --- events ---------------------------------------------------------------------
 
@@ -210,6 +218,10 @@ class UnreadTracker:
                 )
             )
         counts.gone.clear()
+        # Only candidates of threads still seen need their ids now.
+        seen = {count.candidate_pk for count in counts.threads.values()}
+        if len(counts.candidate_ids) > len(seen):
+            counts.candidate_ids = {pk: counts.candidate_ids[pk] for pk in seen}
         if RESYNC in items:
             summary = [
                 (counts.candidate_ids[pk], n)

@@ -46,30 +46,34 @@ class ForeignKeysBroken(RuntimeError):
 
 async def upgrade(db: Database) -> None:
     """Brings the schema to the newest revision, in the caller's event loop."""
+    if await current_revision(db) == head_revision(db.url):
+        return
 
     def _upgrade(connection: Connection) -> None:
         config = alembic_config(db.url)
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
-        if db.sqlite:
-            _check_foreign_keys(connection)
 
     if not db.sqlite:
         async with db.engine.begin() as conn:
             await conn.run_sync(_upgrade)
         return
     # SQLite changes a table by rebuilding it, and only with foreign keys off (the pragma
-    # is ignored inside a transaction, hence a connection of its own); they are checked
-    # before the commit instead.
+    # is ignored inside a transaction, hence a connection of its own); the migrations'
+    # environment checks them before the commit instead. IMMEDIATE: another process's
+    # write between our first read and first write would fail the migration.
     engine = create_engine(db.url, sqlite_foreign_keys=False, poolclass=NullPool)
     try:
-        async with engine.begin() as conn:
-            await conn.run_sync(_upgrade)
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
+            async with conn.begin():
+                await conn.run_sync(_upgrade)
     finally:
         await engine.dispose()
 
 
-def _check_foreign_keys(connection: Connection) -> None:
+def check_foreign_keys(connection: Connection) -> None:
+    """On SQLite, after migrations ran with foreign keys off."""
     broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
     if broken:
         tables = sorted({row[0] for row in broken})

@@ -32,8 +32,8 @@ def snapshot(unread: int, watermark: int, marker: int = 0, thread: int = THREAD)
 
 def loaded(*rows: ThreadSnapshot) -> UnreadTracker:
     tracker = UnreadTracker()
-    tracker.begin_load(USER)
-    tracker.load(USER, list(rows))
+    token = tracker.begin_load(USER)
+    tracker.load(USER, list(rows), token)
     return tracker
 
 
@@ -77,11 +77,11 @@ def test_events_during_a_snapshot_read_are_held_and_applied_to_it() -> None:
     tracker = UnreadTracker()
     feed(tracker, created(51))  # no counts yet: they must be read
     assert USER in tracker.stale and frames(tracker) == []
-    tracker.begin_load(USER)
+    token = tracker.begin_load(USER)
     feed(tracker, created(52))  # committed before the read: inside the snapshot
     feed(tracker, created(53))  # committed after it
     assert frames(tracker) == []  # nothing is sent from counts being read
-    tracker.load(USER, [snapshot(unread=2, watermark=52)])
+    tracker.load(USER, [snapshot(unread=2, watermark=52)], token)
     assert [f["unread"] for f in frames(tracker)] == [3]
 
 
@@ -89,8 +89,8 @@ def test_an_unknown_thread_reads_the_counts_again() -> None:
     tracker = loaded(snapshot(unread=0, watermark=5))
     feed(tracker, created(60, thread=99))
     assert USER in tracker.stale
-    tracker.begin_load(USER)
-    tracker.load(USER, [snapshot(0, 5), snapshot(4, 60, thread=99)])
+    token = tracker.begin_load(USER)
+    tracker.load(USER, [snapshot(0, 5), snapshot(4, 60, thread=99)], token)
     assert [(f["thread"], f["unread"], f["total_unread"]) for f in frames(tracker)] == [(99, 4, 4)]
 
 
@@ -98,8 +98,8 @@ def test_reads_and_deletes_read_the_counts_again() -> None:
     tracker = loaded(snapshot(unread=3, watermark=9))
     feed(tracker, envelope.UnreadEnvelope(ORG, CAND, THREAD, frozenset({READER})))
     assert USER in tracker.stale and frames(tracker) == []
-    tracker.begin_load(USER)
-    tracker.load(USER, [snapshot(unread=1, watermark=9)])
+    token = tracker.begin_load(USER)
+    tracker.load(USER, [snapshot(unread=1, watermark=9)], token)
     assert [f["unread"] for f in frames(tracker)] == [1]
 
 
@@ -113,8 +113,8 @@ def test_an_access_change_sends_every_thread_that_moved_and_only_those() -> None
     tracker = loaded(snapshot(unread=3, watermark=9), other, quiet)
     # Access to c5 is revoked: its thread is reported as 0, under its candidate's id.
     feed(tracker, access_changed(CAND))
-    tracker.begin_load(USER)
-    tracker.load(USER, [other, quiet])
+    token = tracker.begin_load(USER)
+    tracker.load(USER, [other, quiet], token)
     assert frames(tracker) == [
         {
             "type": "unread",
@@ -127,46 +127,68 @@ def test_an_access_change_sends_every_thread_that_moved_and_only_those() -> None
     ]
     # Granted again, with one more message meanwhile: the thread comes back with its count.
     feed(tracker, access_changed(CAND))
-    tracker.begin_load(USER)
-    tracker.load(USER, [snapshot(unread=4, watermark=12), other, quiet])
+    token = tracker.begin_load(USER)
+    tracker.load(USER, [snapshot(unread=4, watermark=12), other, quiet], token)
     assert [
         (f["thread"], f["unread"], f["candidate_unread"], f["total_unread"])
         for f in frames(tracker)
     ] == [(THREAD, 4, 4, 6)]
     # A thread that appears with nothing unread changes nothing the client shows.
     feed(tracker, access_changed(5))
-    tracker.begin_load(USER)
+    token = tracker.begin_load(USER)
     tracker.load(
-        USER, [snapshot(unread=4, watermark=12), other, quiet, ThreadSnapshot(11, 7, "c7", 0, 0, 0)]
+        USER,
+        [snapshot(unread=4, watermark=12), other, quiet, ThreadSnapshot(11, 7, "c7", 0, 0, 0)],
+        token,
     )
     assert frames(tracker) == []
 
 
 def test_the_first_read_of_a_connection_sends_nothing() -> None:
     tracker = UnreadTracker()
-    tracker.begin_load(USER)
+    token = tracker.begin_load(USER)
     feed(tracker, access_changed(CAND))  # during the first read: that read is the start
     assert tracker.knows(USER)
-    tracker.begin_load(USER)
-    tracker.load(USER, [snapshot(unread=3, watermark=9)])
+    token = tracker.begin_load(USER)
+    tracker.load(USER, [snapshot(unread=3, watermark=9)], token)
     assert frames(tracker) == []
 
 
 def test_a_lost_broker_link_resends_the_summary() -> None:
     tracker = loaded(snapshot(unread=2, watermark=9))
     tracker.invalidate(USER, RESYNC)
-    tracker.begin_load(USER)
-    tracker.load(USER, [snapshot(unread=2, watermark=9)])
+    token = tracker.begin_load(USER)
+    tracker.load(USER, [snapshot(unread=2, watermark=9)], token)
     assert [f["type"] for f in frames(tracker)] == ["unread.summary"]
 
 
 def test_a_user_who_left_is_forgotten() -> None:
     tracker = loaded(snapshot(unread=2, watermark=9))
-    feed(tracker, created(10))
+    feed(tracker, envelope.UnreadEnvelope(ORG, CAND, THREAD, frozenset({READER})))
+    token = tracker.begin_load(USER)
     tracker.forget(USER)
     assert frames(tracker) == [] and USER not in tracker.stale
-    tracker.load(USER, [snapshot(0, 0)])  # a read that finishes after the user left
-    assert frames(tracker) == []
+    tracker.load(USER, [snapshot(0, 0)], token)  # a read that finishes after the user left
+    assert frames(tracker) == [] and not tracker.knows(USER)
+
+
+def test_only_the_newest_of_overlapping_reads_counts() -> None:
+    """A read that started earlier but finishes later must not overwrite a newer one, and
+    events that come meanwhile stay held for the newest read."""
+    tracker = loaded(snapshot(unread=1, watermark=9))
+    older = tracker.begin_load(USER)
+    newer = tracker.begin_load(USER)
+    tracker.load(USER, [snapshot(unread=3, watermark=11)], newer)
+    tracker.load(USER, [snapshot(unread=1, watermark=9)], older)  # stale: dropped
+    assert [f["unread"] for f in frames(tracker)] == [3]
+    older = tracker.begin_load(USER)
+    newer = tracker.begin_load(USER)
+    tracker.load(USER, [snapshot(unread=3, watermark=11)], older)  # dropped: not loaded yet
+    feed(tracker, created(12))  # held for the newer read
+    tracker.load_failed(USER, older)
+    assert USER not in tracker.stale
+    tracker.load(USER, [snapshot(unread=3, watermark=11)], newer)
+    assert [f["unread"] for f in frames(tracker)] == [4]
 
 
 def test_the_envelope_carries_the_change_and_old_envelopes_still_decode() -> None:
@@ -220,25 +242,25 @@ def test_counts_match_the_truth_whatever_the_order(
         if index == snapshot_at:
             # The snapshot is read now; with early_events the events of the next steps
             # arrive while it is being read (they are held).
-            tracker.begin_load(USER)
+            token = tracker.begin_load(USER)
             pending_snapshot = read_snapshot()
             if not early_events:
-                tracker.load(USER, [pending_snapshot])
+                tracker.load(USER, [pending_snapshot], token)
                 pending_snapshot = None
         if kind == "commit":
             committed = i + 1
         else:
             deliver(i)
     if snapshot_at >= len(steps):
-        tracker.begin_load(USER)
+        token = tracker.begin_load(USER)
         pending_snapshot = read_snapshot()
     if pending_snapshot is not None:
-        tracker.load(USER, [pending_snapshot])
+        tracker.load(USER, [pending_snapshot], token)
     truth = sum(1 for i, a in enumerate(authors) if a != READER and ids[i] > marker)
     counted = frames(tracker)
     final = counted[-1]["unread"] if counted else read_snapshot().unread
     if USER in tracker.stale:  # an unknown-thread refresh: the next read is the truth
-        tracker.begin_load(USER)
-        tracker.load(USER, [read_snapshot()])
+        token = tracker.begin_load(USER)
+        tracker.load(USER, [read_snapshot()], token)
         final = frames(tracker)[-1]["unread"]
     assert final == truth

@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from storage.database import create_engine
+from storage.migrate import check_foreign_keys
 from storage.models import Base
 
 config = context.config
@@ -21,6 +22,8 @@ def _run(connection: Connection) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
+        if connection.dialect.name == "sqlite":
+            check_foreign_keys(connection)  # they were off, for table rebuilds
 
 
 async def _run_async() -> None:

@@ -1,0 +1,137 @@
+"""The hub's unread reads under concurrency, with a controllable event source.
+
+A user's first counts are read while its socket is being accepted; changes that arrive
+during that read, a second read racing the first, and a handshake given up on halfway must
+all end with the client told the truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+
+from channels import envelope
+from channels.connection import Connection, ConnectionLimits
+from channels.hub import Hub, LoggedEvent, ReplayWindow
+from channels.memory import MemoryBroker, MemoryPresence
+from channels.unread import ThreadSnapshot
+
+ORG, USER_PK, CAND, THREAD = 1, 10, 5, 7
+USER = (ORG, USER_PK)
+
+
+class GatedSource:
+    """Answers unread reads with `rows` as they are when the read is let through."""
+
+    def __init__(self) -> None:
+        self.rows: list[ThreadSnapshot] = []
+        self.gates: list[asyncio.Event] = []
+        self.reads = 0
+
+    def gate(self) -> asyncio.Event:
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        return gate
+
+    async def unread_snapshot(self, connection: Connection) -> list[ThreadSnapshot]:
+        self.reads += 1
+        rows = list(self.rows)  # the database's snapshot is taken when the read starts
+        if self.gates:
+            await self.gates.pop(0).wait()
+        return rows
+
+    async def last_seqs(self, candidate_pks: list[int]) -> dict[int, int]:
+        return {pk: 0 for pk in candidate_pks}
+
+    async def window(self, candidate_pk: int) -> ReplayWindow:
+        return ReplayWindow(0, 0)
+
+    async def events_after(self, candidate_pk: int, after: int, limit: int) -> list[LoggedEvent]:
+        return []
+
+
+@pytest.fixture
+async def hub_and_source() -> AsyncIterator[tuple[Hub, GatedSource]]:
+    source = GatedSource()
+    hub = Hub(MemoryBroker(), MemoryPresence(), source)
+    await hub.start()
+    try:
+        yield hub, source
+    finally:
+        await hub.close()
+
+
+def connection() -> Connection:
+    return Connection(ORG, USER_PK, "member", ConnectionLimits())
+
+
+def access_changed() -> bytes:
+    return envelope.encode(envelope.UnreadEnvelope(ORG, CAND, 0, frozenset({USER_PK})))
+
+
+def unread_frames(conn: Connection) -> list[dict[str, object]]:
+    frames = [orjson.loads(f) for f in conn._queue]
+    return [f for f in frames if f["type"] == "unread"]
+
+
+async def settle() -> None:
+    await asyncio.sleep(1.3)  # longer than an unread batch interval
+
+
+async def test_access_revoked_during_the_first_read_is_reported(
+    hub_and_source: tuple[Hub, GatedSource],
+) -> None:
+    hub, source = hub_and_source
+    source.rows = [ThreadSnapshot(THREAD, CAND, "c5", 3, 9, 0)]
+    gate = source.gate()
+    conn = connection()
+    registering = asyncio.create_task(hub.register(conn))
+    await asyncio.sleep(0.01)
+    source.rows = []  # revoked: committed after the first read's snapshot
+    await hub.on_broker_message(envelope.UNREAD_CHANNEL, access_changed())
+    await asyncio.sleep(0.2)  # the unread loop must not start a competing read
+    gate.set()
+    await registering
+    await settle()
+    assert [(f["thread"], f["unread"], f["total_unread"]) for f in unread_frames(conn)] == [
+        (THREAD, 0, 0)
+    ]
+    assert hub.unread.stale == set()
+
+
+async def test_a_handshake_given_up_on_does_not_leave_the_next_one_without_counts(
+    hub_and_source: tuple[Hub, GatedSource],
+) -> None:
+    hub, source = hub_and_source
+    source.rows = [ThreadSnapshot(THREAD, CAND, "c5", 3, 9, 0)]
+    gate = source.gate()
+    first = asyncio.create_task(hub.register(connection()))
+    await asyncio.sleep(0.01)
+    first.cancel()  # the client went away during the handshake
+    await asyncio.gather(first, return_exceptions=True)
+    assert USER not in hub.users and not hub.unread.knows(USER)
+    second = connection()
+    registering = asyncio.create_task(hub.register(second))
+    await asyncio.sleep(0.01)
+    gate.set()  # the abandoned read finishes; the second connect reads again
+    await registering
+    assert hub.unread.knows(USER) and source.reads == 2
+    source.rows = []
+    await hub.on_broker_message(envelope.UNREAD_CHANNEL, access_changed())
+    await settle()
+    assert [(f["thread"], f["unread"]) for f in unread_frames(second)] == [(THREAD, 0)]
+
+
+async def test_a_failed_first_read_keeps_nothing(hub_and_source: tuple[Hub, GatedSource]) -> None:
+    hub, source = hub_and_source
+
+    async def down(connection: Connection) -> list[ThreadSnapshot]:
+        raise OSError("database unreachable")
+
+    source.unread_snapshot = down  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        await hub.register(connection())
+    assert USER not in hub.users and not hub.unread.knows(USER)
