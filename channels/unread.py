@@ -54,8 +54,8 @@ class _ThreadCount:
 @dataclass(slots=True)
 class _UserCounts:
     threads: dict[int, _ThreadCount] = field(default_factory=dict)
-    # Every candidate the user's counts have named: a thread that is no longer seen is
-    # still reported (as 0) under its candidate's id. Pks are never reused.
+    # The candidates of the threads held, and of threads just gone until they are
+    # reported (as 0) under their candidate's id. Pks are never reused.
     candidate_ids: dict[int, str] = field(default_factory=dict)
     loaded: bool = False
     reading: int = 0  # the token of the newest snapshot read; older reads are dropped
@@ -89,9 +89,8 @@ class UnreadTracker:
         counts = self._users.setdefault(user, _UserCounts())
         counts.loaded = False
         self.stale.add(user)
-        touched = self.touched.setdefault(user, set())
         if touch is not None:
-            touched.add(touch)
+            self.touched.setdefault(user, set()).add(touch)
 
     def begin_load(self, user: UserKey) -> int:
         """A snapshot read starts: events from now on are held for it. Returns the read's

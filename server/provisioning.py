@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from server import facts
 from server.errors import Conflict, InvalidInput, NotFound
 from server.events import AccessRevoked, DomainEvent, EventSink, UnreadTouched
-from server.rules import AGENCY, MEMBER
+from server.rules import AGENCY, MEMBER, CandidateAccess
 from storage.database import Database
 from storage.models import (
     Agency,
@@ -147,30 +147,27 @@ class Provisioning:
                 )
                 session.add(candidate)
                 await session.flush()
-                before_members: set[int] = set()
-                before_agency: set[int] = set()
-                before_coordinator = None
+                before = CandidateAccess(candidate.pk, org.pk, None, frozenset(), frozenset())
             else:
-                access = await facts.candidate_access(session, candidate)
-                before_members, before_agency = set(access.member_pks), set(access.agency_user_pks)
-                before_coordinator = candidate.coordinator_pk
+                before = await facts.candidate_access(session, candidate)
+            after = CandidateAccess(
+                candidate.pk, org.pk, coordinator_pk, frozenset(member_pks), frozenset(agency_pks)
+            )
             candidate.name, candidate.coordinator_pk = spec.name, coordinator_pk
-            await _replace_links(session, CandidateMember, candidate.pk, before_members, member_pks)
             await _replace_links(
-                session, CandidateAgencyUser, candidate.pk, before_agency, agency_pks
+                session, CandidateMember, candidate.pk, set(before.member_pks), member_pks
+            )
+            await _replace_links(
+                session, CandidateAgencyUser, candidate.pk, set(before.agency_user_pks), agency_pks
             )
 
-            had = before_members | ({before_coordinator} if before_coordinator else set())
-            has = member_pks | ({coordinator_pk} if coordinator_pk else set())
-            revoked = (had - has) | (before_agency - agency_pks)
-            granted = (has - had) | (agency_pks - before_agency)
+            revoked = before.users_with_access - after.users_with_access
+            granted = after.users_with_access - before.users_with_access
             if revoked:
-                events.append(AccessRevoked(org.pk, candidate.pk, candidate_id, frozenset(revoked)))
+                events.append(AccessRevoked(org.pk, candidate.pk, candidate_id, revoked))
             if granted and not created:
                 # Their blue dots may light up with the candidate's existing threads.
-                events.append(
-                    UnreadTouched(org.pk, candidate.pk, candidate_id, 0, frozenset(granted))
-                )
+                events.append(UnreadTouched(org.pk, candidate.pk, candidate_id, 0, granted))
         await self.sink.publish(events)
         return {
             "id": candidate_id,
@@ -188,8 +185,7 @@ class Provisioning:
             candidate = await facts.candidate_row(session, org.pk, candidate_id, lock=True)
             if candidate is None:
                 return
-            access = await facts.candidate_access(session, candidate)
-            had = access.members_with_access | access.agency_user_pks
+            had = (await facts.candidate_access(session, candidate)).users_with_access
             # Explicit deletes rather than trusting every backend's cascade configuration.
             thread_ids = select(Thread.id).where(Thread.candidate_pk == candidate.pk)
             await session.execute(

@@ -66,6 +66,11 @@ class CandidateAccess:
             return self.member_pks
         return self.member_pks | {self.coordinator_pk}
 
+    @property
+    def users_with_access(self) -> frozenset[int]:
+        """Everyone who sees the candidate: members with access and linked agency users."""
+        return self.members_with_access | self.agency_user_pks
+
 
 @dataclass(frozen=True, slots=True)
 class ThreadRef:

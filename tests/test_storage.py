@@ -625,19 +625,7 @@ async def test_the_autoincrement_migration_keeps_every_row(tmp_path: Path) -> No
     """0003 → head on SQLite rebuilds four tables: their rows, and the rows that point at
     them (children that a rebuild with foreign keys on would cascade away), all stay."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
-    engine = create_engine(url, sqlite_foreign_keys=False, poolclass=NullPool)
-
-    def upgrade_to(connection: Connection, revision: str) -> None:
-        config = migrate.alembic_config(url)
-        config.attributes["connection"] = connection
-        alembic_command.upgrade(config, revision)
-
-    async with engine.begin() as conn:
-        await conn.run_sync(upgrade_to, "0003")
-        for statement in _OLD_ROWS:
-            await conn.exec_driver_sql(statement)
-    await engine.dispose()
-
+    await _sqlite_at_0003(url, _OLD_ROWS)
     db = Database(url)
     try:
         await migrate.upgrade(db)
@@ -677,23 +665,12 @@ async def test_the_autoincrement_migration_keeps_every_row(tmp_path: Path) -> No
 
 async def test_a_migration_that_breaks_a_foreign_key_is_rolled_back(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'broken.db'}"
-    engine = create_engine(url, sqlite_foreign_keys=False, poolclass=NullPool)
-
-    def upgrade_to(connection: Connection, revision: str) -> None:
-        config = migrate.alembic_config(url)
-        config.attributes["connection"] = connection
-        alembic_command.upgrade(config, revision)
-
-    async with engine.begin() as conn:
-        await conn.run_sync(upgrade_to, "0003")
-        # A message whose thread does not exist (possible only with foreign keys off).
-        await conn.exec_driver_sql(_OLD_ROWS[0])
-        await conn.exec_driver_sql(_OLD_ROWS[1])
-        await conn.exec_driver_sql(
-            "INSERT INTO messages (id, thread_id, candidate_pk, author_pk, body, created_at, "
-            "deleted) VALUES (9, 404, 1, 1, 'x', '2026-01-01', 0)"
-        )
-    await engine.dispose()
+    # A message whose thread does not exist (possible only with foreign keys off).
+    orphan = (
+        "INSERT INTO messages (id, thread_id, candidate_pk, author_pk, body, created_at, "
+        "deleted) VALUES (9, 404, 1, 1, 'x', '2026-01-01', 0)"
+    )
+    await _sqlite_at_0003(url, [*_OLD_ROWS[:2], orphan])
     db = Database(url)
     try:
         with pytest.raises(migrate.ForeignKeysBroken, match="messages"):
@@ -701,6 +678,24 @@ async def test_a_migration_that_breaks_a_foreign_key_is_rolled_back(tmp_path: Pa
         assert await migrate.current_revision(db) == "0003"
     finally:
         await db.close()
+
+
+async def _sqlite_at_0003(url: str, statements: list[str]) -> None:
+    """A SQLite database migrated to revision 0003 (before AUTOINCREMENT), holding rows."""
+    engine = create_engine(url, sqlite_foreign_keys=False, poolclass=NullPool)
+
+    def upgrade_to_0003(connection: Connection) -> None:
+        config = migrate.alembic_config(url)
+        config.attributes["connection"] = connection
+        alembic_command.upgrade(config, "0003")
+
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade_to_0003)
+            for statement in statements:
+                await conn.exec_driver_sql(statement)
+    finally:
+        await engine.dispose()
 
 
 _OLD_ROWS = [
