@@ -25,6 +25,7 @@ from server.actions import Messaging
 from server.errors import AppError
 from server.eventlog import SqlEventSource, prune_events
 from server.fanout import BrokerSink
+from server.guard import ConnectionGuard
 from server.http import error_response
 from server.metrics import Metrics
 from server.middleware import RequestMiddleware
@@ -95,6 +96,9 @@ def create_app(
     worker_options: WorkerOptions | None = None,
 ) -> Starlette:
     metrics = Metrics()
+    refused = metrics.connections_refused.labels
+    guard = ConnectionGuard(settings.guard_limits, on_refused=lambda why: refused(why).inc())
+    metrics.pending_handshakes.set_function(lambda: guard.pending)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -123,6 +127,7 @@ def create_app(
                 metrics=metrics,
                 send_limiter=SendRateLimiter(settings.send_rate_per_minute),
                 realtime=Realtime(hub, broker, presence, limits or ConnectionLimits()),
+                guard=guard,
                 extras={"readiness": {"broker": broker.ping}},
             )
             jobs = [("event-pruner", _prune_forever(db, settings))]
@@ -153,9 +158,11 @@ def create_app(
         *api_notifications.routes,
         *pages.routes(settings.web_dir),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[Middleware(RequestMiddleware, metrics=metrics)],
         exception_handlers={HTTPException: _http_exception},
         lifespan=lifespan,
     )
+    app.state.guard = guard  # the listener's protocol shares it (server.serving)
+    return app

@@ -38,6 +38,9 @@ def _logging() -> None:
     for name in ("uvicorn.error", "websockets"):
         logger = logging.getLogger(name)
         logger.setLevel(max(logging.INFO, logger.getEffectiveLevel()))
+    from server.serving import quiet_client_faults
+
+    quiet_client_faults()
 
 
 async def _migrate(url: str) -> None:
@@ -64,27 +67,14 @@ def _serve(settings: Settings, host: str, port: int) -> int:
     import uvicorn
 
     from server.app import create_app
+    from server.serving import uvicorn_config
 
     try:
         asyncio.run(_check_schema(settings))
     except migrate.SchemaOutOfDate as error:
         print(f"agency-messaging: {error}", file=sys.stderr)
         return 2
-    config = uvicorn.Config(
-        create_app(settings, auto_migrate=False),
-        host=host,
-        port=port,
-        access_log=False,  # our own access log leaves out query strings and tokens
-        proxy_headers=True,
-        log_config=None,
-        ws_max_size=64 * 1024,  # larger frames close the socket with 1009
-        # Frames are small JSON, encoded once for every recipient; compressing them again
-        # per connection would cost more CPU than the bytes it saves.
-        ws_per_message_deflate=False,
-        ws_ping_interval=20.0,
-        ws_ping_timeout=20.0,
-        timeout_graceful_shutdown=10,
-    )
+    config = uvicorn_config(create_app(settings, auto_migrate=False), host, port)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT (sockets closed with 1012, requests
     # in flight finished), then re-raises the signal to the handler that was there before.
     # This one makes that graceful stop an ordinary exit with status 0.

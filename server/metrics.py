@@ -40,6 +40,18 @@ class Metrics:
             "SQL statements sent to the database by this process since it started.",
             registry=r,
         )
+        self.connections_refused = Counter(
+            "am_connections_refused",
+            "Connections refused or dropped before their request or handshake completed, "
+            "by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.pending_handshakes = Gauge(
+            "am_pending_handshakes",
+            "Connections whose request head has not fully arrived yet.",
+            registry=r,
+        )
         self.emails = Counter("am_emails", "Email alerts, by outcome.", ["outcome"], registry=r)
 
     def count_sql_statements(self, read: Callable[[], int]) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import AppError, Unavailable
@@ -22,6 +23,7 @@ from server.metrics import Metrics
 access_log = logging.getLogger("agency_messaging.access")
 error_log = logging.getLogger("agency_messaging.errors")
 
+CLIENT_CLOSED = 499  # the status access logs give a request its client abandoned
 UNAVAILABLE_ERRORS = (OperationalError, DBAPIError, PoolTimeout, OSError, TimeoutError)
 
 
@@ -47,6 +49,10 @@ class RequestMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except ClientDisconnect:
+            # The client left (or was cut off for sending its body too slowly) before the
+            # request was read: nobody to answer, nothing wrong with the server.
+            status = CLIENT_CLOSED
         except Exception as error:
             if response_started:
                 error_log.exception("Error after the response started on %s", _route(scope))

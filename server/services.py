@@ -13,6 +13,7 @@ from channels.hub import Hub
 from channels.presence import Presence
 from server.actions import Messaging
 from server.events import EventSink
+from server.guard import ConnectionGuard
 from server.metrics import Metrics
 from server.provisioning import Provisioning
 from server.ratelimit import SendRateLimiter
@@ -38,6 +39,7 @@ class Services:
     metrics: Metrics
     send_limiter: SendRateLimiter
     realtime: Realtime
+    guard: ConnectionGuard
     extras: dict[str, Any]
 
 

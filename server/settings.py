@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from server.guard import GuardLimits, IPNetwork, parse_networks
 from storage.database import default_sqlite_url
 
 
@@ -56,6 +57,15 @@ def _origins(raw: str) -> frozenset[str]:
     return frozenset(origins)
 
 
+def _networks(raw: str) -> tuple[IPNetwork, ...]:
+    try:
+        return parse_networks(raw)
+    except ValueError as error:
+        raise ConfigError(
+            f"AM_TRUSTED_PROXIES holds {error}; give addresses or networks like 10.0.0.0/8."
+        ) from None
+
+
 @dataclass(frozen=True)
 class Settings:
     secret: str
@@ -72,6 +82,11 @@ class Settings:
     email_from: str = ""
     smtp_timeout_seconds: float = 30.0
     run_email_worker: bool = True
+    handshake_timeout_seconds: float = 10.0
+    max_pending_handshakes: int = 1024
+    max_handshakes_per_address: int = 0
+    max_sockets_per_address: int = 0
+    trusted_proxies: tuple[IPNetwork, ...] = ()
     var_dir: Path = Path("var")
     web_dir: Path = Path(__file__).resolve().parent.parent / "web"
 
@@ -85,6 +100,16 @@ class Settings:
             return self.email_from
         host = urlsplit(self.public_url).hostname or "localhost"
         return f"Agency Messaging <alerts@{host}>"
+
+    @property
+    def guard_limits(self) -> GuardLimits:
+        return GuardLimits(
+            handshake_timeout_seconds=self.handshake_timeout_seconds,
+            max_pending_handshakes=self.max_pending_handshakes,
+            max_handshakes_per_address=self.max_handshakes_per_address,
+            max_sockets_per_address=self.max_sockets_per_address,
+            trusted_proxies=self.trusted_proxies,
+        )
 
     @property
     def database_is_default(self) -> bool:
@@ -108,6 +133,9 @@ class Settings:
         smtp_url = env.get("AM_SMTP_URL", "") or None
         if smtp_url and urlsplit(smtp_url).scheme not in ("smtp", "smtps"):
             raise ConfigError("AM_SMTP_URL must start with smtp:// or smtps://.")
+        handshake_timeout = _float(env, "AM_HANDSHAKE_TIMEOUT_SECONDS", 10.0)
+        if handshake_timeout == 0:
+            raise ConfigError("AM_HANDSHAKE_TIMEOUT_SECONDS must be more than 0.")
         public_url = (env.get("AM_PUBLIC_URL", "") or "http://localhost:8000").rstrip("/")
         return cls(
             secret=secret,
@@ -126,4 +154,9 @@ class Settings:
             run_email_worker=env.get("AM_EMAIL_WORKER", "1").strip().lower()
             not in ("0", "false", "no"),
             var_dir=var_dir,
+            handshake_timeout_seconds=handshake_timeout,
+            max_pending_handshakes=_int(env, "AM_MAX_PENDING_HANDSHAKES", 1024),
+            max_handshakes_per_address=_int(env, "AM_MAX_HANDSHAKES_PER_ADDRESS", 0),
+            max_sockets_per_address=_int(env, "AM_MAX_SOCKETS_PER_ADDRESS", 0),
+            trusted_proxies=_networks(env.get("AM_TRUSTED_PROXIES", "")),
         )

@@ -38,6 +38,7 @@ from server import facts
 from server.auth import SESSION_COOKIE, authenticate_token, bearer_token
 from server.errors import AppError, InvalidInput, RateLimited, Unavailable
 from server.facts import Principal
+from server.guard import ADDRESS_HANDSHAKES, ADDRESS_SOCKETS, HANDSHAKE_TIMEOUT
 from server.http import describe_validation
 from server.middleware import UNAVAILABLE_ERRORS
 from server.origins import origin_allowed
@@ -135,29 +136,89 @@ async def _authenticate(ws: WebSocket, s: Services) -> tuple[Principal, int] | N
 
 async def websocket_endpoint(ws: WebSocket) -> None:
     s = services(ws)
+    guard = s.guard
+    # The client's address: the peer's, or X-Forwarded-For's from a trusted proxy.
+    address = ws.client.host if ws.client else "unknown"
+    if not guard.handshakes.acquire(address, guard.limits.max_handshakes_per_address):
+        guard.refused(ADDRESS_HANDSHAKES)
+        await _deny(ws, RateLimited(TOO_MANY_HANDSHAKES, 1.0))
+        return
     try:
-        found = await _authenticate(ws, s)
+        admitted = await _admit(ws, s, address)
+    finally:
+        guard.handshakes.release(address)
+    if admitted is None:
+        return
+    try:
+        await _serve(ws, s, *admitted)
+    finally:
+        guard.sockets.release(address)
+
+
+TOO_MANY_HANDSHAKES = "Too many connections in progress from this address; try again shortly."
+HANDSHAKE_TOO_SLOW = "The handshake could not be completed in time; try again shortly."
+
+
+async def _admit(ws: WebSocket, s: Services, address: str) -> tuple[Connection, int] | None:
+    """Everything before accept, within the handshake timeout: the connection (registered,
+    holding a socket of its address) and its token's expiry, or None once refused."""
+    try:
+        async with asyncio.timeout(s.settings.handshake_timeout_seconds):
+            verdict = await _check(ws, s, address)
+    except TimeoutError:
+        s.guard.refused(HANDSHAKE_TIMEOUT)
+        await _deny(ws, Unavailable(HANDSHAKE_TOO_SLOW))
+        return None
     except UNAVAILABLE_ERRORS:
         await _refuse_unavailable(ws)
-        return
-    if found is None:
+        return None
+    if isinstance(verdict, tuple):
+        return verdict
+    if verdict is None:
         await ws.close(code=1008)  # before accept: the server answers the handshake with 403
-        return
+    else:  # a cap: accepted, told why in a frame, closed with 4029
+        await ws.accept()
+        await ws.send_text(_error(None, RateLimited(verdict, 0)))
+        await ws.close(CLOSE_TOO_MANY_CONNECTIONS, verdict[:120])
+    return None
+
+
+async def _check(
+    ws: WebSocket, s: Services, address: str
+) -> tuple[Connection, int] | str | None:
+    """The admitted connection and expiry; a cap's message; or None: not authenticated."""
+    found = await _authenticate(ws, s)
+    if found is None:
+        return None
     who, expires_at = found
     realtime = s.realtime
     limit = s.settings.max_connections_per_user
     if limit and await _open_connections(realtime, who) >= limit:
-        await ws.accept()
-        await ws.send_text(_error(None, RateLimited("Too many open connections for this user.", 0)))
-        await ws.close(CLOSE_TOO_MANY_CONNECTIONS, "Too many open connections.")
-        return
+        return "Too many open connections for this user."
+    if not s.guard.sockets.acquire(address, s.guard.limits.max_sockets_per_address):
+        s.guard.refused(ADDRESS_SOCKETS)
+        return "Too many open connections from this address."
     conn = Connection(who.actor.org_pk, who.actor.pk, who.kind, realtime.limits, context=who)
     try:
         # Before accept: the user's unread counts are read first (see Hub.register).
         await realtime.hub.register(conn)
-    except UNAVAILABLE_ERRORS:
-        await _refuse_unavailable(ws)
-        return
+    except BaseException:
+        s.guard.sockets.release(address)
+        raise
+    return conn, expires_at
+
+
+async def _deny(ws: WebSocket, error: AppError) -> None:
+    response = JSONResponse(error.to_json(), status_code=error.status)
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, round(retry_after)))
+    await ws.send_denial_response(response)
+
+
+async def _serve(ws: WebSocket, s: Services, conn: Connection, expires_at: int) -> None:
+    who: Principal = conn.context
+    realtime = s.realtime
     try:
         await ws.accept()
     except BaseException:
@@ -199,10 +260,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
 async def _refuse_unavailable(ws: WebSocket) -> None:
     # Not the client's fault: a 503 says "try again", where a 403 would say "bad token".
     log.warning("The database is unavailable; a socket handshake is refused with 503.")
-    unavailable = Unavailable("A backing service is unavailable; try again shortly.")
-    await ws.send_denial_response(
-        JSONResponse(unavailable.to_json(), status_code=unavailable.status)
-    )
+    await _deny(ws, Unavailable("A backing service is unavailable; try again shortly."))
 
 
 async def _came_online(s: Services, who: Principal) -> None:

@@ -13,6 +13,7 @@ import uvicorn
 import websockets
 from starlette.applications import Starlette
 
+from server.serving import uvicorn_config
 from tests.services import free_port
 
 
@@ -23,14 +24,9 @@ async def serve(
     """Serves `app` with uvicorn in this event loop; yields its base URL (http://…).
     Pass lifespan="off" for an app whose lifespan is already running."""
     port = port or free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        lifespan=lifespan,  # type: ignore[arg-type]
-        log_level="warning",
-        access_log=False,
-        ws_max_size=64 * 1024,
+    # The product's own listener settings (connection guard, WebSocket options).
+    config = uvicorn_config(
+        app, "127.0.0.1", port, lifespan=lifespan, log_level="warning", log_config=None
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite runs for real: PostgreSQL, Redis, Chromium.
+# Installs the Debian packages the test suite runs for real: PostgreSQL, Redis, Chromium,
+# nginx and openssl (the deployment's proxy, with a self-signed certificate).
 # Idempotent and quick when everything is already there.
 set -euo pipefail
 
@@ -7,6 +8,8 @@ missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+[ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
@@ -22,3 +25,4 @@ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The packages' own services are not used: the tests start private instances.
 service redis-server stop >/dev/null 2>&1 || true
 service postgresql stop >/dev/null 2>&1 || true
+service nginx stop >/dev/null 2>&1 || true
