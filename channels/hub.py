@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -130,6 +130,7 @@ class Hub:
         self._background: set[asyncio.Task[None]] = set()
         self.unread = UnreadTracker()
         self._first_reads: dict[tuple[int, int], asyncio.Task[None]] = {}
+        self._first_waiters: Counter[tuple[int, int]] = Counter()
         self._unread_wakeup = asyncio.Event()
         self.on_event_dispatched: Callable[[int], None] | None = None
 
@@ -199,15 +200,34 @@ class Hub:
         """Reads a user's counts once per process; concurrent connects share the read."""
         while True:
             reading = self._first_reads.get(key)
+            if reading is not None and reading.done():
+                # Finished, but its done-callback (which forgets it) has not run yet:
+                # awaiting a finished task does not yield, so looping on it would spin
+                # forever without ever letting that callback run.
+                self._forget_first_read(key, reading)
+                reading = None
             if reading is None:
                 if self.unread.knows(key):
                     return
                 reading = asyncio.create_task(self._read_first(key, connection), name="hub-unread")
                 self._first_reads[key] = reading
-                reading.add_done_callback(lambda _: self._first_reads.pop(key, None))
-            await asyncio.shield(reading)
+                reading.add_done_callback(lambda done: self._forget_first_read(key, done))
+            self._first_waiters[key] += 1
+            try:
+                await asyncio.shield(reading)
+            finally:
+                self._first_waiters[key] -= 1
+                if not self._first_waiters[key]:
+                    del self._first_waiters[key]
+                    if not reading.done():
+                        # Every handshake that wanted it was given up on: stop reading.
+                        reading.cancel()
             # The read ends unused if every connection that wanted it left meanwhile (a
             # cancelled handshake); then this connection reads again.
+
+    def _forget_first_read(self, key: tuple[int, int], reading: asyncio.Task[None]) -> None:
+        if self._first_reads.get(key) is reading:  # never a newer read of the same user
+            del self._first_reads[key]
 
     async def _read_first(self, key: tuple[int, int], connection: Connection) -> None:
         token = self.unread.begin_load(key)
@@ -354,6 +374,7 @@ class Hub:
             await asyncio.sleep(delay)
         try:
             while self.channels.get(channel.pk) is channel and channel.seq is not None:
+                before = channel.seq
                 batch = await self.source.events_after(channel.pk, channel.seq, REPLAY_BATCH)
                 for event in batch:
                     if event.seq > channel.seq:
@@ -361,6 +382,13 @@ class Hub:
                 self._drain(channel)
                 if len(batch) < REPLAY_BATCH:
                     break
+                if channel.seq == before:
+                    # A full batch that does not start at the next seq: reading it again
+                    # would return the same rows forever. The sweep tries again later.
+                    log.warning("The event log of candidate %d has a gap after seq %d.",
+                                channel.pk, before)
+                    break
+                await asyncio.sleep(0)  # a long catch-up must not hold the loop
         except Exception:
             log.exception("Catching a channel up from the event log failed; the sweep retries.")
 

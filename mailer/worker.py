@@ -73,7 +73,11 @@ class AlertWorker:
             except Exception:
                 log.warning("The alert worker could not reach the database; retrying.")
                 busy = False
-            if not busy:
+            if busy:
+                # A backlog is worked off batch after batch; with SQLite run inline and
+                # the file mailer a batch may never yield, so yield between batches.
+                await asyncio.sleep(0)
+            else:
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), self.options.poll_seconds)

@@ -33,6 +33,7 @@ from server.provisioning import Provisioning
 from server.ratelimit import SendRateLimiter
 from server.services import Realtime, Services
 from server.settings import Settings
+from server.watchdog import LoopWatchdog
 from storage import migrate
 from storage.database import Database
 
@@ -103,6 +104,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            watchdog = LoopWatchdog(
+                on_lag=metrics.loop_lag.observe, on_blocked=metrics.loop_blocked.inc
+            )
+            watchdog.start()
+            stack.callback(watchdog.stop)
             db = Database(settings.database_url)
             stack.push_async_callback(db.close)
             metrics.count_sql_statements(lambda: db.statements)

@@ -52,6 +52,17 @@ class Metrics:
             "Connections whose request head has not fully arrived yet.",
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "am_event_loop_lag_seconds",
+            "How late the event loop ran a timer, measured four times a second.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.loop_blocked = Counter(
+            "am_event_loop_blocked",
+            "Times the event loop was blocked for over a second (each is logged with what ran).",
+            registry=r,
+        )
         self.emails = Counter("am_emails", "Email alerts, by outcome.", ["outcome"], registry=r)
 
     def count_sql_statements(self, read: Callable[[], int]) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Annotated, Any, Literal
+from collections.abc import Coroutine
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import (
@@ -52,6 +53,7 @@ CLIENT_GONE = frozenset({CLIENT_GONE_CODE})
 IN_FLIGHT_GRACE_SECONDS = 10.0
 CLOSE_GRACE_SECONDS = 2.0
 
+T = TypeVar("T")
 Ref = Annotated[StrictStr, Field(max_length=128)] | StrictInt | None
 
 
@@ -164,7 +166,9 @@ async def _admit(ws: WebSocket, s: Services, address: str) -> tuple[Connection, 
     holding a socket of its address) and its token's expiry, or None once refused."""
     try:
         async with asyncio.timeout(s.settings.handshake_timeout_seconds):
-            verdict = await _check(ws, s, address)
+            verdict = await _unless_the_client_leaves(ws, _check(ws, s, address))
+    except ClientLeft:
+        return None  # nobody to answer; whatever the check had started is undone
     except TimeoutError:
         s.guard.refused(HANDSHAKE_TIMEOUT)
         await _deny(ws, Unavailable(HANDSHAKE_TOO_SLOW))
@@ -181,6 +185,32 @@ async def _admit(ws: WebSocket, s: Services, address: str) -> tuple[Connection, 
         await ws.send_text(_error(None, RateLimited(verdict, 0)))
         await ws.close(CLOSE_TOO_MANY_CONNECTIONS, verdict[:120])
     return None
+
+
+class ClientLeft(Exception):
+    """The client closed its connection before the handshake was answered."""
+
+
+async def _unless_the_client_leaves(ws: WebSocket, work: Coroutine[Any, Any, T]) -> T:
+    """Runs the handshake's work, cancelled as soon as the client gives up on it: a client
+    that times out and retries must not leave the server doing each attempt to the end."""
+    if (await ws.receive())["type"] != "websocket.connect":  # the first message, always there
+        work.close()
+        raise ClientLeft
+    job = asyncio.ensure_future(work)
+    # Before accept, the only message that can come is the client's disconnect.
+    leaving = asyncio.ensure_future(ws.receive())
+    try:
+        await asyncio.wait({job, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        leaving.cancel()
+        if not job.done():
+            job.cancel()
+            # The work undoes itself on cancellation (Hub.register, the socket's place).
+            await asyncio.gather(job, return_exceptions=True)
+    if not job.done() or job.cancelled():
+        raise ClientLeft
+    return job.result()
 
 
 async def _check(

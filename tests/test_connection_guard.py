@@ -532,6 +532,62 @@ async def test_a_websocket_handshake_that_cannot_finish_in_time_is_refused_with_
         assert len(guard.handshakes) == 0 and len(guard.sockets) == 0  # nothing held on to
 
 
+async def test_a_handshake_abandoned_by_its_client_stops_its_work(
+    sqlite_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that gives up mid-handshake (and, typically, retries) must not leave the
+    server reading the database for it: the handshake's work is cancelled."""
+    database = tmp_path / "abandoned.db"
+    shutil.copyfile(sqlite_template, database)
+    app = create_app(
+        make_settings(f"sqlite+aiosqlite:///{database}", tmp_path), auto_migrate=False
+    )
+    started, cancelled = asyncio.Event(), asyncio.Event()
+    real_snapshot: Any = None
+
+    async def slow_snapshot(connection: Any) -> Any:
+        started.set()
+        try:
+            await asyncio.Event().wait()  # a database that takes its time
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return await real_snapshot(connection)
+
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            await populate_world(Api(c))
+        hub = app.state.services.realtime.hub
+        real_snapshot = hub.source.unread_snapshot
+        monkeypatch.setattr(hub.source, "unread_snapshot", slow_snapshot)
+        async with serve(app, lifespan="off") as url:
+            port = int(url.rsplit(":", 1)[1])
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                UPGRADE.replace(b"127.0.0.1", b"127.0.0.1:%d" % port)
+                + b"Authorization: Bearer " + token("coord").encode() + b"\r\n\r\n"
+            )
+            await asyncio.wait_for(started.wait(), READ_BOUND)  # the server is at work
+            writer.close()  # the client gives up
+            await asyncio.wait_for(cancelled.wait(), READ_BOUND)
+            # Nothing is left behind: no connection, no held places, no pending read.
+            for _ in range(100):
+                if not hub.users and not hub._first_reads:
+                    break
+                await asyncio.sleep(0.01)
+            assert not hub.users and not hub._first_reads
+            guard: ConnectionGuard = app.state.guard
+            assert len(guard.handshakes) == 0 and len(guard.sockets) == 0
+            # And the next handshake of the same user is served normally.
+            monkeypatch.setattr(hub.source, "unread_snapshot", real_snapshot)
+            client = await WsClient.connect(url, token("coord"))
+            try:
+                assert (await client.request("ping"))["type"] == "pong"
+            finally:
+                await client.close()
+
+
 # --- slowloris ------------------------------------------------------------------------------
 
 

@@ -135,3 +135,60 @@ async def test_a_failed_first_read_keeps_nothing(hub_and_source: tuple[Hub, Gate
     with pytest.raises(OSError):
         await hub.register(connection())
     assert USER not in hub.users and not hub.unread.knows(USER)
+
+
+class InlineSource(GatedSource):
+    """Answers every unread read without yielding, as SQLite run inline does; the first
+    read starts a second connect of the same user just before it returns. That connect
+    runs after the read has finished but before the read's done-callbacks: the moment at
+    which awaiting the shared read returns at once, without yielding to the loop."""
+
+    def __init__(self, hub_of: list[Hub], late: list[asyncio.Task[None]]) -> None:
+        super().__init__()
+        self.hub_of, self.late = hub_of, late
+        self.second = connection()
+
+    async def unread_snapshot(self, connection: Connection) -> list[ThreadSnapshot]:
+        self.reads += 1
+        if not self.late:
+            hub = self.hub_of[0]
+            self.late.append(asyncio.get_running_loop().create_task(hub.register(self.second)))
+        return list(self.rows)
+
+
+def _connect_twice_in_the_window() -> int:
+    """Runs the interleaving in a loop of its own; returns the number of reads."""
+
+    async def scenario() -> int:
+        hub_of: list[Hub] = []
+        late: list[asyncio.Task[None]] = []
+        source = InlineSource(hub_of, late)
+        hub = Hub(MemoryBroker(), MemoryPresence(), source)
+        hub_of.append(hub)
+        await hub.start()
+        try:
+            await hub.register(connection())
+            await asyncio.wait_for(late[0], 10)
+            assert len(hub.users[USER]) == 2 and hub.unread.knows(USER)
+            return source.reads
+        finally:
+            await hub.close()
+
+    return asyncio.run(scenario())
+
+
+def test_a_connect_that_finds_the_shared_read_just_finished_does_not_freeze_the_loop() -> None:
+    """Before the fix, the second connect looped forever on the finished read: the event
+    loop never ran again. The scenario runs on a thread, so that a freeze fails this test
+    (the thread is left spinning) instead of hanging the suite."""
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    outcome = pool.submit(_connect_twice_in_the_window)
+    try:
+        reads = outcome.result(timeout=30)  # a bound that only a frozen loop reaches
+    except concurrent.futures.TimeoutError:
+        pytest.fail("The event loop froze: a connect spun on the user's finished first read.")
+    finally:
+        pool.shutdown(wait=False)
+    assert reads == 1  # the second connect used the first read's counts
