@@ -34,11 +34,20 @@ SUBSCRIBE_TIMEOUT_SECONDS = 5.0
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
 
 
+# Commands of this process share a bounded pool. At the bound a command waits for a free
+# connection (a connect storm makes hundreds of presence writes at once) instead of failing
+# at once, as the default pool of redis-py 8 does with "Too many connections".
+POOL_CONNECTIONS = 64
+POOL_WAIT_SECONDS = 5.0
+
+
 def _client(url: str) -> aioredis.Redis:
     # Pooled connections that Redis closed during an outage are checked before reuse
     # (health_check_interval) and a failed command is retried on a fresh connection.
-    return aioredis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=POOL_CONNECTIONS,
+        timeout=POOL_WAIT_SECONDS,
         socket_connect_timeout=2.0,
         socket_timeout=5.0,
         socket_keepalive=True,
@@ -46,6 +55,7 @@ def _client(url: str) -> aioredis.Redis:
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 2),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it
 
 
 class RedisBroker:

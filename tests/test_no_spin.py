@@ -1,4 +1,4 @@
-"""Loops that could spin: each is driven into the state where, before its fix, it looped
+"""Loops that could spin, and a burst that could exhaust a pool: each loop is driven into the state where, before its fix, it looped
 without ever yielding to the event loop. Every scenario runs on a thread of its own, so a
 frozen loop fails its test instead of hanging the suite (the bound is never reached by a
 loop that works; it is not a measure of speed).
@@ -105,3 +105,22 @@ def test_the_alert_worker_yields_between_the_batches_of_a_backlog() -> None:
 
     # Every other task ran between the batches, not only before and after the backlog.
     assert run_on_a_thread(scenario) >= 1000
+
+
+async def test_a_burst_of_presence_writes_waits_for_pooled_connections(redis_server: Any) -> None:
+    """A connect storm writes presence for hundreds of sockets at once: past the pool's
+    size the writes wait for a connection (they used to fail with "Too many connections",
+    leaving those sockets out of presence until the next renewal)."""
+    from channels.redis import POOL_CONNECTIONS, RedisPresence
+
+    presence = RedisPresence(redis_server.url)
+    await presence.start()
+    try:
+        users = range(POOL_CONNECTIONS * 4)
+        outcomes = await asyncio.gather(
+            *(presence.add((1, pk), f"conn-{pk}") for pk in users), return_exceptions=True
+        )
+        assert [o for o in outcomes if isinstance(o, BaseException)] == []
+        assert [await presence.count((1, pk)) for pk in users] == [1] * len(users)
+    finally:
+        await presence.close()
