@@ -1,7 +1,7 @@
-"""Loops that could spin, and a burst that could exhaust a pool: each loop is driven into the state where, before its fix, it looped
-without ever yielding to the event loop. Every scenario runs on a thread of its own, so a
-frozen loop fails its test instead of hanging the suite (the bound is never reached by a
-loop that works; it is not a measure of speed).
+"""Loops that could spin, and a burst that could exhaust a pool. Each loop is driven into
+the state where, before its fix, it looped without ever yielding to the event loop. Every
+scenario runs on a thread of its own, so a frozen loop fails its test instead of hanging
+the suite (the bound is never reached by a loop that works; it is not a measure of speed).
 
 The connect that found a finished shared read is in tests/test_hub_unread.py.
 """
