@@ -196,6 +196,21 @@ class Api:
             },
         )
 
+    async def team(
+        self, org: str, *, members: tuple[str, ...], agent: str, candidates: tuple[str, ...]
+    ) -> None:
+        """An org whose candidates all have `members` (the first coordinating) and `agent`,
+        of agency `ag`: the world of the multi-process tests."""
+        await self.org(org)
+        await self.agency(org, "ag")
+        for user in members:
+            await self.member(org, user)
+        await self.agency_user(org, agent, "ag")
+        for cand in candidates:
+            await self.candidate(
+                org, cand, coordinator=members[0], members=list(members), agency_users=[agent]
+            )
+
     async def get(self, org: str, user: str, path: str, **kwargs: Any) -> httpx.Response:
         return await self.client.get(path, headers=self.as_user(org, user), **kwargs)
 

@@ -78,16 +78,7 @@ class Cluster:
 
 async def _provision(base_url: str) -> None:
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
-        api = Api(client)
-        await api.org(ORG)
-        await api.agency(ORG, "ag")
-        for user in MEMBERS:
-            await api.member(ORG, user)
-        await api.agency_user(ORG, AGENT, "ag")
-        for cand in CANDIDATES:
-            await api.candidate(
-                ORG, cand, coordinator="coord", members=list(MEMBERS), agency_users=[AGENT]
-            )
+        await Api(client).team(ORG, members=MEMBERS, agent=AGENT, candidates=CANDIDATES)
 
 
 @pytest.fixture(scope="module")

@@ -293,16 +293,7 @@ def https_client(stack: Stack, **kwargs: Any) -> httpx.AsyncClient:
 
 async def _provision(stack: Stack) -> None:
     async with https_client(stack) as client:
-        api = Api(client)
-        await api.org(ORG)
-        await api.agency(ORG, "ag")
-        for user in MEMBERS:
-            await api.member(ORG, user)
-        await api.agency_user(ORG, AGENT, "ag")
-        for cand in CANDIDATES:
-            await api.candidate(
-                ORG, cand, coordinator="coord", members=list(MEMBERS), agency_users=[AGENT]
-            )
+        await Api(client).team(ORG, members=MEMBERS, agent=AGENT, candidates=CANDIDATES)
 
 
 @pytest.fixture(scope="module")
