@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -130,7 +130,6 @@ class Hub:
         self._background: set[asyncio.Task[None]] = set()
         self.unread = UnreadTracker()
         self._first_reads: dict[tuple[int, int], asyncio.Task[None]] = {}
-        self._first_waiters: Counter[tuple[int, int]] = Counter()
         self._unread_wakeup = asyncio.Event()
         self.on_event_dispatched: Callable[[int], None] | None = None
 
@@ -194,7 +193,10 @@ class Hub:
             peers.discard(connection)
             if not peers:
                 del self.users[connection.user_key]
-                self.unread.forget(connection.user_key)
+                if connection.user_key not in self._first_reads:
+                    # (A first read in flight forgets the counts itself if nobody is
+                    # left when it ends: a retry of the same user may still join it.)
+                    self.unread.forget(connection.user_key)
 
     async def _first_unread(self, key: tuple[int, int], connection: Connection) -> None:
         """Reads a user's counts once per process; concurrent connects share the read."""
@@ -212,18 +214,17 @@ class Hub:
                 reading = asyncio.create_task(self._read_first(key, connection), name="hub-unread")
                 self._first_reads[key] = reading
                 reading.add_done_callback(lambda done: self._forget_first_read(key, done))
-            self._first_waiters[key] += 1
             try:
                 await asyncio.shield(reading)
-            finally:
-                self._first_waiters[key] -= 1
-                if not self._first_waiters[key]:
-                    del self._first_waiters[key]
-                    if not reading.done():
-                        # Every handshake that wanted it was given up on: stop reading.
-                        reading.cancel()
-            # The read ends unused if every connection that wanted it left meanwhile (a
-            # cancelled handshake); then this connection reads again.
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # this handshake is cancelled (its client left, or a timeout)
+                # The read itself was cancelled (the hub is closing): read again.
+            # A read whose handshakes were all given up on still finishes (cancelling a
+            # query mid-flight costs the database a connection): a retry of the same
+            # user joins it instead of starting another. If the read ends unused (every
+            # connection that wanted it left), this connection reads again.
 
     def _forget_first_read(self, key: tuple[int, int], reading: asyncio.Task[None]) -> None:
         if self._first_reads.get(key) is reading:  # never a newer read of the same user
@@ -236,6 +237,9 @@ class Hub:
         except BaseException:
             self.unread.forget(key)
             raise
+        if not self.users.get(key):
+            self.unread.forget(key)  # every handshake that wanted it was given up on
+            return
         self.unread.load(key, rows, token)
         self._unread_wakeup.set()  # a change during the read is read again, and reported
 

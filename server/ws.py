@@ -169,6 +169,9 @@ async def _admit(ws: WebSocket, s: Services, address: str) -> tuple[Connection, 
             verdict = await _unless_the_client_leaves(ws, _check(ws, s, address))
     except ClientLeft:
         return None  # nobody to answer; whatever the check had started is undone
+    except Unavailable as error:
+        await _deny(ws, error)
+        return None
     except TimeoutError:
         s.guard.refused(HANDSHAKE_TIMEOUT)
         await _deny(ws, Unavailable(HANDSHAKE_TOO_SLOW))
@@ -208,9 +211,12 @@ async def _unless_the_client_leaves(ws: WebSocket, work: Coroutine[Any, Any, T])
             job.cancel()
             # The work undoes itself on cancellation (Hub.register, the socket's place).
             await asyncio.gather(job, return_exceptions=True)
-    if not job.done() or job.cancelled():
+    if job.done() and not job.cancelled():
+        return job.result()  # or raises what the work raised
+    if leaving.done() and not leaving.cancelled():
         raise ClientLeft
-    return job.result()
+    # Cancelled by something else than the client leaving: a refusal it can retry.
+    raise Unavailable("The handshake was interrupted; try again shortly.")
 
 
 async def _check(

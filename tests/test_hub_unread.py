@@ -112,13 +112,14 @@ async def test_a_handshake_given_up_on_does_not_leave_the_next_one_without_count
     await asyncio.sleep(0.01)
     first.cancel()  # the client went away during the handshake
     await asyncio.gather(first, return_exceptions=True)
-    assert USER not in hub.users and not hub.unread.knows(USER)
+    # The read goes on (cancelling a query costs the database a connection)...
+    assert USER not in hub.users and USER in hub._first_reads
     second = connection()
     registering = asyncio.create_task(hub.register(second))
     await asyncio.sleep(0.01)
-    gate.set()  # the abandoned read finishes; the second connect reads again
+    gate.set()  # ...and the retry joins it instead of reading again
     await registering
-    assert hub.unread.knows(USER) and source.reads == 2
+    assert hub.unread.knows(USER) and source.reads == 1
     source.rows = []
     await hub.on_broker_message(envelope.UNREAD_CHANNEL, access_changed())
     await settle()
@@ -192,3 +193,22 @@ def test_a_connect_that_finds_the_shared_read_just_finished_does_not_freeze_the_
     finally:
         pool.shutdown(wait=False)
     assert reads == 1  # the second connect used the first read's counts
+
+
+async def test_a_read_whose_handshakes_were_all_given_up_on_keeps_nothing(
+    hub_and_source: tuple[Hub, GatedSource],
+) -> None:
+    hub, source = hub_and_source
+    gate = source.gate()
+    first = asyncio.create_task(hub.register(connection()))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    reading = hub._first_reads[USER]
+    gate.set()
+    await reading
+    assert not hub.unread.knows(USER) and USER not in hub._first_reads
+    # The next connect reads afresh: counts kept with nobody connected would go stale.
+    source.rows = [ThreadSnapshot(THREAD, CAND, "c5", 2, 9, 0)]
+    await hub.register(connection())
+    assert source.reads == 2 and hub.unread.knows(USER)
