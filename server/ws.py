@@ -22,7 +22,6 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
 )
-from starlette.responses import JSONResponse
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -40,7 +39,7 @@ from server.auth import SESSION_COOKIE, authenticate_token, bearer_token
 from server.errors import AppError, InvalidInput, RateLimited, Unavailable
 from server.facts import Principal
 from server.guard import ADDRESS_HANDSHAKES, ADDRESS_SOCKETS, HANDSHAKE_TIMEOUT
-from server.http import describe_validation
+from server.http import describe_validation, error_response
 from server.middleware import UNAVAILABLE_ERRORS
 from server.origins import origin_allowed
 from server.schemas import Body, ClientId, HostId, MessageId
@@ -245,11 +244,8 @@ async def _check(
 
 
 async def _deny(ws: WebSocket, error: AppError) -> None:
-    response = JSONResponse(error.to_json(), status_code=error.status)
-    retry_after = getattr(error, "retry_after", None)
-    if retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, round(retry_after)))
-    await ws.send_denial_response(response)
+    """Refuses the handshake with the error's HTTP status and JSON, as REST answers it."""
+    await ws.send_denial_response(error_response(error))
 
 
 async def _serve(ws: WebSocket, s: Services, conn: Connection, expires_at: int) -> None:
