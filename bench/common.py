@@ -1,7 +1,7 @@
 """What every scenario shares: ports, processes, CPU and memory readings, percentiles, and
 Agency Messaging servers (one or several processes) with a provisioned org.
 
-Backing services (PostgreSQL, Redis) come from `tests.services`: the same throwaway
+Backing services (PostgreSQL, Redis) come from `harness.services`: the same throwaway
 launchers the test suite uses, started on private ports and stopped at the end.
 """
 
@@ -20,9 +20,9 @@ from typing import Any
 
 import httpx
 
-from server.auth import make_user_token
-from tests import services
-from tests.services import free_port
+from harness import services
+from harness.services import free_port
+from server.domain.auth import make_user_token
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

@@ -372,7 +372,7 @@ def records(users: int) -> list[tuple[str, dict[str, Any]]]:
 
 
 def viewers(secret: str, start: int, count: int) -> list[tuple[str, str]]:
-    from server.auth import make_user_token
+    from server.domain.auth import make_user_token
 
     return [
         (make_user_token(secret, ORG, f"u{i}", 6 * 3600), f"c{i // VIEWERS_PER_CANDIDATE}")

@@ -9,11 +9,11 @@ accept), and the database is slow: a TCP relay in front of PostgreSQL delays eve
 client has gone does the work of every abandoned attempt; one that cancels it does not.
 
 One run:
-- a private PostgreSQL (tests.services); the relay (this script with --proxy, a process of
+- a private PostgreSQL (harness.services); the relay (this script with --proxy, a process of
   its own) in front of it; the database migrated directly, not through the relay;
 - one `agency-messaging serve` process of the tree under test (--tree; default: the repo
   this script lives in), started with that tree first on sys.path (the path of the
-  `server.ws` it imported is checked and recorded), its AM_DATABASE_URL on the relay,
+  `server.edge.ws` it imported is checked and recorded), its AM_DATABASE_URL on the relay,
   AM_BROKER_URL=memory://, AM_MAX_CONNECTIONS_PER_USER=0, AM_LOG_LEVEL=WARNING;
 - an org, --users members over candidates of 10 (one agency thread with a message each,
   so every user has unread counts), provisioned through the service REST API while the
@@ -76,16 +76,16 @@ HEALTH_TIMEOUT = 2.0
 QUIET_SECONDS = 2.0
 
 # The server is started with this code, run with cwd = the tree: the tree goes first on
-# sys.path (ahead of any editable install), and the server.ws it imported must be the tree's.
+# sys.path (ahead of any editable install), and the server.edge.ws it imported must be the tree's.
 BOOT = """
 import os, sys
 tree = os.path.realpath(os.getcwd())
 sys.path.insert(0, tree)
-import server.ws
+import server.edge.ws
 where = os.path.realpath(server.ws.__file__)
-print("retry_storm: server.ws imported from", where, file=sys.stderr, flush=True)
+print("retry_storm: server.edge.ws imported from", where, file=sys.stderr, flush=True)
 if not where.startswith(tree + os.sep):
-    sys.exit("retry_storm: server.ws is not the tree's")
+    sys.exit("retry_storm: server.edge.ws is not the tree's")
 from server.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -489,7 +489,7 @@ def records(users: int) -> list[tuple[str, dict[str, Any]]]:
 async def provision(base: str, service_token: str, secret: str, users: int) -> None:
     import httpx
 
-    from server.auth import make_user_token
+    from server.domain.auth import make_user_token
 
     service = {"Authorization": f"Bearer {service_token}"}
     pub = {"Authorization": f"Bearer {make_user_token(secret, ORG, 'pub')}"}
@@ -567,7 +567,7 @@ def quantile(values: list[float], q: float) -> float | None:
 
 def measure(opts: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Starts PostgreSQL, the relay and the server, provisions, drives the storm, stops all."""
-    from tests.services import PostgresServer, wait_for_port
+    from harness.services import PostgresServer, wait_for_port
 
     tree = Path(opts.tree).resolve()
     record: dict[str, Any] = {
@@ -643,7 +643,7 @@ def measure(opts: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             ),
             None,
         )
-        log(f"{record['label']}: server.ws from {record['server_ws_file']}")
+        log(f"{record['label']}: server.edge.ws from {record['server_ws_file']}")
         ports = {"http": port, "control": control_port}
         pids = {"server": server.pid, "relay": relay.pid}
         readings = asyncio.run(
@@ -712,7 +712,7 @@ async def drive(
     """Provisions, sets the delay, runs the clients and the drain; the readings."""
     import httpx
 
-    from server.auth import make_user_token
+    from server.domain.auth import make_user_token
 
     base, control_port = f"http://{LOOPBACK}:{ports['http']}", ports["control"]
     await provision(base, service_token, secret, opts.users)

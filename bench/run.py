@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import fanout, peers, realistic
 from bench.common import RESULTS, log
-from tests.services import PostgresServer, RedisServer
+from harness.services import PostgresServer, RedisServer
 
 SCENARIOS = ["fanout", "realistic", "storm", "idle", "storage"]  # modules of bench/
 SYSTEMS = ["bare", "socketio_py", "socketio_node", "django_channels", "am"]

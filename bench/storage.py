@@ -671,8 +671,8 @@ async def measure_queries(url: str, ds: Dataset, users: list[str]) -> dict[str, 
     SQL they send run straight on a driver connection, and its plan."""
     from sqlalchemy import event, select
 
-    from server import views
-    from server.rules import Actor
+    from server.domain import views
+    from server.domain.rules import Actor
     from storage.database import Database
     from storage.models import User
 
@@ -969,7 +969,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--plans", action="store_true", help="print the query plans too")
     args = parser.parse_args()
-    from tests.services import PostgresServer
+    from harness.services import PostgresServer
 
     postgres = PostgresServer.start()
     try:

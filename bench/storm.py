@@ -962,7 +962,7 @@ def main() -> None:
     if args.client:
         asyncio.run(client_main())
         return
-    from tests.services import PostgresServer, RedisServer
+    from harness.services import PostgresServer, RedisServer
 
     postgres, redis = PostgresServer.start(), RedisServer.start()
     try:

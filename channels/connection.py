@@ -11,23 +11,10 @@ import asyncio
 import itertools
 import os
 from collections import deque
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
-if TYPE_CHECKING:
-    from channels.hub import Subscription
-
-# Close codes (RFC 6455 ones and this server's own, in the 4000-4999 private range).
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_INVALID_UTF8 = 1007
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_SERVICE_RESTART = 1012
-CLOSE_IDLE = 4000
-CLOSE_SESSION_EXPIRED = 4001
-CLOSE_TOO_SLOW = 4008
-CLOSE_TOO_MANY_CONNECTIONS = 4029
+from channels.protocol import CLOSE_TOO_SLOW
 
 _ids = itertools.count(1)
 _process_tag = f"{os.getpid():x}"
@@ -120,3 +107,30 @@ class Connection:
         self._queue.clear()
         self._space.set()
         return frames
+
+
+@dataclass(eq=False)
+class Subscription:
+    connection: Connection
+    candidate_pk: int
+    candidate_id: str
+    last_seq: int
+    replaying: bool = True
+    buffer: list[tuple[int, str | None]] = field(default_factory=list)
+
+    def deliver(self, seq: int, frame: str | None) -> None:
+        """`frame` is None for an event this user may not see: it only advances the seq."""
+        if self.replaying:
+            self.buffer.append((seq, frame))
+            return
+        if seq <= self.last_seq:
+            return
+        self.last_seq = seq
+        if frame is not None:
+            self.connection.send(frame)
+
+    def go_live(self) -> None:
+        buffered, self.buffer = sorted(self.buffer, key=lambda item: item[0]), []
+        self.replaying = False
+        for seq, frame in buffered:
+            self.deliver(seq, frame)

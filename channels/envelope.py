@@ -1,4 +1,4 @@
-"""What travels through the broker, and the few frames the hub writes itself.
+"""What travels through the broker between server processes.
 
 An envelope is one line of JSON header, a newline, then (for events) the client frame as
 it will be sent, encoded once by the publisher and passed through untouched.
@@ -100,35 +100,3 @@ def decode(payload: bytes) -> Envelope | None:
     except (orjson.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
         return None
     return None
-
-
-def unsubscribed_frame(candidate_id: str, reason: str) -> str:
-    return orjson.dumps(
-        {"type": "unsubscribed", "candidate": candidate_id, "reason": reason}
-    ).decode()
-
-
-def unread_frame(
-    candidate_id: str, thread_id: int, unread: int, candidate_unread: int, total: int
-) -> str:
-    return orjson.dumps(
-        {
-            "type": "unread",
-            "candidate": candidate_id,
-            "thread": thread_id,
-            "unread": unread,
-            "candidate_unread": candidate_unread,
-            "total_unread": total,
-        }
-    ).decode()
-
-
-def unread_summary_frame(candidates: list[tuple[str, int]], total: int) -> str:
-    """Every candidate with unread messages, after the user's counts could have drifted."""
-    return orjson.dumps(
-        {
-            "type": "unread.summary",
-            "candidates": [{"candidate": c, "unread": n} for c, n in candidates],
-            "total_unread": total,
-        }
-    ).decode()

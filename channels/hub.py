@@ -26,10 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from channels import envelope
-from channels.broker import Broker
-from channels.connection import Connection
-from channels.presence import Presence
+from channels import envelope, protocol
+from channels.connection import Connection, Subscription
+from channels.interfaces import Broker, Presence
 from channels.unread import RESYNC, ThreadSnapshot, UnreadTracker
 
 log = logging.getLogger("agency_messaging.hub")
@@ -73,33 +72,6 @@ class EventSource(Protocol):
 
     async def unread_snapshot(self, connection: Connection) -> list[ThreadSnapshot]:
         """The unread counts of the connection's user, in every thread it sees."""
-
-
-@dataclass(eq=False)
-class Subscription:
-    connection: Connection
-    candidate_pk: int
-    candidate_id: str
-    last_seq: int
-    replaying: bool = True
-    buffer: list[tuple[int, str | None]] = field(default_factory=list)
-
-    def deliver(self, seq: int, frame: str | None) -> None:
-        """`frame` is None for an event this user may not see: it only advances the seq."""
-        if self.replaying:
-            self.buffer.append((seq, frame))
-            return
-        if seq <= self.last_seq:
-            return
-        self.last_seq = seq
-        if frame is not None:
-            self.connection.send(frame)
-
-    def go_live(self) -> None:
-        buffered, self.buffer = sorted(self.buffer, key=lambda item: item[0]), []
-        self.replaying = False
-        for seq, frame in buffered:
-            self.deliver(seq, frame)
 
 
 @dataclass(eq=False)
@@ -389,8 +361,9 @@ class Hub:
                 if channel.seq == before:
                     # A full batch that does not start at the next seq: reading it again
                     # would return the same rows forever. The sweep tries again later.
-                    log.warning("The event log of candidate %d has a gap after seq %d.",
-                                channel.pk, before)
+                    log.warning(
+                        "The event log of candidate %d has a gap after seq %d.", channel.pk, before
+                    )
                     break
                 await asyncio.sleep(0)  # a long catch-up must not hold the loop
         except Exception:
@@ -404,7 +377,7 @@ class Hub:
             if message.erased or sub.connection.user_pk in message.user_pks:
                 channel.subscribers.discard(sub)
                 sub.connection.subscriptions.pop(message.candidate_pk, None)
-                sub.connection.send(envelope.unsubscribed_frame(sub.candidate_id, "access"))
+                sub.connection.send(protocol.unsubscribed(sub.candidate_id, "access"))
         if not channel.subscribers:
             # Not awaited: the broker listener calling us must never wait on the lifecycle lock.
             task = asyncio.create_task(self._close_channel_if_idle(channel), name="hub-close")

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from channels import envelope
+from channels import envelope, protocol
 
 RESYNC = (0, 0)  # in a set of touched threads: send the user's whole unread summary
 UserKey = tuple[int, int]  # (org_pk, user_pk)
@@ -208,7 +208,7 @@ class UnreadTracker:
             if thread is None and counts.gone.pop(thread_id, None) != candidate_pk:
                 continue  # never known to this user
             frames.append(
-                envelope.unread_frame(
+                protocol.unread(
                     candidate_id,
                     thread_id,
                     0 if thread is None else thread.unread,
@@ -227,5 +227,5 @@ class UnreadTracker:
                 for pk, n in sorted(by_candidate.items())
                 if n and pk in counts.candidate_ids
             ]
-            frames.append(envelope.unread_summary_frame(summary, total))
+            frames.append(protocol.unread_summary(summary, total))
         return frames

@@ -18,9 +18,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from channels.presence import Presence
+from channels.interfaces import Presence
 from mailer.preferences import muted_among
-from server import rules
 from storage.database import Database
 from storage.models import EmailOutbox, ThreadPoster, utcnow
 
@@ -210,25 +209,27 @@ class AlertScheduler:
         self,
         session: AsyncSession,
         *,
-        access: rules.CandidateAccess,
-        thread: rules.ThreadRef,
         org_pk: int,
+        candidate_pk: int,
+        thread_id: int,
         message_id: int,
         author_pk: int,
+        involved: Callable[[set[int]], Iterable[int]],
     ) -> int:
-        """Records the author as involved and queues alerts for involved users who are
-        offline and not muted. Returns how many alerts were queued or joined."""
+        """Records the author as a poster and queues alerts for the involved users who are
+        offline and not muted. `involved` is the domain's rule: given the thread's posters,
+        who may be alerted. Returns how many alerts were queued or joined."""
         conn = await session.connection()  # Core statements: this runs on every send
-        posters = set(await conn.scalars(_POSTERS, {"t": thread.id}))
+        posters = set(await conn.scalars(_POSTERS, {"t": thread_id}))
         if author_pk not in posters:  # the candidate row lock keeps this check race-free
             await conn.execute(
                 _insert(session)(ThreadPoster)
-                .values(thread_id=thread.id, user_pk=author_pk)
+                .values(thread_id=thread_id, user_pk=author_pk)
                 .on_conflict_do_nothing(index_elements=["thread_id", "user_pk"])
             )
             posters.add(author_pk)
-        recipients = set(rules.alert_recipients(access, thread, posters, author_pk))
-        recipients -= await muted_among(conn, recipients, access.pk)
+        recipients = set(involved(posters))
+        recipients -= await muted_among(conn, recipients, candidate_pk)
         try:
             online = await self.presence.online([(org_pk, pk) for pk in sorted(recipients)])
         except Exception:  # presence down: queue for all; the worker checks again at send time
@@ -237,8 +238,8 @@ class AlertScheduler:
         await enqueue(
             session,
             org_pk=org_pk,
-            candidate_pk=access.pk,
-            thread_id=thread.id,
+            candidate_pk=candidate_pk,
+            thread_id=thread_id,
             message_id=message_id,
             recipients=recipients,
             due_at=utcnow() + timedelta(seconds=self.delay_seconds),

@@ -8,24 +8,36 @@ on every process, and still has unread messages in it; otherwise it is dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from channels.presence import Presence
+from channels.interfaces import Presence
 from mailer import outbox
 from mailer.compose import Alert, AlertLine, compose
 from mailer.preferences import is_muted, unsubscribe_link
 from mailer.transport import PermanentError, TransientError, Transport
-from server import facts, rules
 from storage.database import Database
 from storage.models import Candidate, EmailOutbox, Message, ReadMarker, Thread, User, utcnow
 
 log = logging.getLogger("agency_messaging.mailer")
+
+
+class ThreadAccess(Protocol):
+    """What the worker asks the domain at send time; handed in by whoever builds it, so
+    that the mailer knows the rules only through this interface."""
+
+    async def sees_thread(
+        self, session: AsyncSession, user: User, candidate: Candidate, thread: Thread
+    ) -> bool:
+        """Whether the user sees the thread now."""
+
+    def is_private(self, thread: Thread) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +58,7 @@ class AlertWorker:
         db: Database,
         transport: Transport,
         presence: Presence,
+        access: ThreadAccess,
         *,
         secret: str,
         public_url: str,
@@ -56,15 +69,12 @@ class AlertWorker:
         self.db = db
         self.transport = transport
         self.presence = presence
+        self.access = access
         self.secret = secret
         self.public_url = public_url
         self.sender = sender
         self.options = options or WorkerOptions()
         self.count = count
-        self._wakeup = asyncio.Event()
-
-    def wake(self) -> None:
-        self._wakeup.set()
 
     async def run_forever(self) -> None:
         while True:
@@ -78,9 +88,7 @@ class AlertWorker:
                 # the file mailer a batch may never yield, so yield between batches.
                 await asyncio.sleep(0)
             else:
-                self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self.options.poll_seconds)
+                await asyncio.sleep(self.options.poll_seconds)
 
     async def run_once(self) -> bool:
         """Claims and handles one batch; returns whether there was anything to do."""
@@ -145,9 +153,7 @@ class AlertWorker:
             candidate = await session.get(Candidate, row.candidate_pk)
             if user is None or thread is None or candidate is None:
                 return None, "gone"
-            actor = rules.Actor(user.pk, user.org_pk, user.kind)
-            access = await facts.candidate_access(session, candidate)
-            if not rules.can_see_thread(actor, access, facts.thread_ref(thread)):
+            if not await self.access.sees_thread(session, user, candidate, thread):
                 return None, "no access"
             if await is_muted(session, user.pk, candidate.pk):
                 return None, "muted"
@@ -180,7 +186,7 @@ class AlertWorker:
                 candidate_name=candidate.name,
                 recipient_name=user.name,
                 recipient_email=user.email,
-                private=thread.kind == rules.PRIVATE_THREAD,
+                private=self.access.is_private(thread),
                 messages=lines,
             ),
             "",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from starlette.applications import Starlette
@@ -13,25 +13,26 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from channels.broker import create_broker
+from channels.backends import create_broker, create_presence
 from channels.connection import ConnectionLimits
 from channels.hub import Hub
-from channels.presence import create_presence
+from channels.interfaces import Presence
 from mailer.outbox import AlertScheduler
-from mailer.transport import create_transport
+from mailer.transport import Transport, create_transport
 from mailer.worker import AlertWorker, WorkerOptions
-from server import api, api_notifications, api_provisioning, health, openapi, pages, ws
-from server.actions import Messaging
-from server.errors import AppError
-from server.eventlog import SqlEventSource, prune_events
-from server.fanout import BrokerSink
-from server.guard import ConnectionGuard
-from server.http import error_response
-from server.metrics import Metrics
-from server.middleware import RequestMiddleware
-from server.provisioning import Provisioning
-from server.ratelimit import SendRateLimiter
-from server.services import Realtime, Services
+from server.domain.actions import Messaging
+from server.domain.errors import AppError
+from server.domain.eventlog import SqlEventSource, prune_events
+from server.domain.facts import AlertAccess
+from server.domain.fanout import BrokerSink
+from server.domain.provisioning import Provisioning
+from server.domain.ratelimit import SendRateLimiter
+from server.edge import api, api_notifications, api_provisioning, health, openapi, pages, ws
+from server.edge.guard import ConnectionGuard
+from server.edge.http import error_response
+from server.edge.metrics import Metrics
+from server.edge.middleware import RequestMiddleware
+from server.edge.services import Realtime, Services
 from server.settings import Settings
 from server.watchdog import LoopWatchdog
 from storage import migrate
@@ -89,6 +90,30 @@ async def _prune_forever(db: Database, settings: Settings) -> None:
         await asyncio.sleep(PRUNE_EVERY_SECONDS)
 
 
+def alert_worker(
+    settings: Settings,
+    db: Database,
+    presence: Presence,
+    *,
+    transport: Transport | None = None,
+    options: WorkerOptions | None = None,
+    count: Callable[[str], None] = lambda outcome: None,
+) -> AlertWorker:
+    """The alert worker as `serve` and `worker` run it, answering access through the domain."""
+    return AlertWorker(
+        db,
+        transport
+        or create_transport(settings.smtp_url, settings.mail_dir, settings.smtp_timeout_seconds),
+        presence,
+        AlertAccess(),
+        secret=settings.secret,
+        public_url=settings.public_url,
+        sender=settings.sender,
+        options=options,
+        count=count,
+    )
+
+
 def create_app(
     settings: Settings,
     *,
@@ -138,15 +163,10 @@ def create_app(
             )
             jobs = [("event-pruner", _prune_forever(db, settings))]
             if settings.run_email_worker:
-                worker = AlertWorker(
+                worker = alert_worker(
+                    settings,
                     db,
-                    create_transport(
-                        settings.smtp_url, settings.mail_dir, settings.smtp_timeout_seconds
-                    ),
                     presence,
-                    secret=settings.secret,
-                    public_url=settings.public_url,
-                    sender=settings.sender,
                     options=worker_options,
                     count=lambda outcome: count_email(outcome).inc(),
                 )
@@ -170,5 +190,5 @@ def create_app(
         exception_handlers={HTTPException: _http_exception},
         lifespan=lifespan,
     )
-    app.state.guard = guard  # the listener's protocol shares it (server.serving)
+    app.state.guard = guard  # the listener's protocol shares it (server.edge.serving)
     return app

@@ -1,4 +1,4 @@
-"""The `agency-messaging` command: migrate, serve, demo."""
+"""The `agency-messaging` command: migrate, serve, demo, worker, send-test-email."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def _logging() -> None:
     for name in ("uvicorn.error", "websockets"):
         logger = logging.getLogger(name)
         logger.setLevel(max(logging.INFO, logger.getEffectiveLevel()))
-    from server.serving import quiet_client_faults
+    from server.edge.serving import quiet_client_faults
 
     quiet_client_faults()
 
@@ -67,7 +67,7 @@ def _serve(settings: Settings, host: str, port: int) -> int:
     import uvicorn
 
     from server.app import create_app
-    from server.serving import uvicorn_config
+    from server.edge.serving import uvicorn_config
 
     try:
         asyncio.run(_check_schema(settings))
@@ -97,26 +97,15 @@ def _demo(settings: Settings) -> int:
 
 async def _worker(settings: Settings) -> None:
     """The alert worker alone, for deployments that run it apart from `serve`."""
-    from channels.presence import create_presence
-    from mailer.transport import create_transport
-    from mailer.worker import AlertWorker
+    from channels.backends import create_presence
+    from server.app import alert_worker
 
     db = Database(settings.database_url)
     presence = create_presence(settings.broker_url)
     try:
         await migrate.check_up_to_date(db)
-        transport = create_transport(
-            settings.smtp_url, settings.mail_dir, settings.smtp_timeout_seconds
-        )
-        worker = AlertWorker(
-            db,
-            transport,
-            presence,
-            secret=settings.secret,
-            public_url=settings.public_url,
-            sender=settings.sender,
-        )
-        print(f"Sending email alerts through {transport.description}.", flush=True)
+        worker = alert_worker(settings, db, presence)
+        print(f"Sending email alerts through {worker.transport.description}.", flush=True)
         await worker.run_forever()
     finally:
         await presence.close()

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from server.actions import Messaging, OpenThreadRequest
-from server.auth import make_user_token
-from server.events import DiscardingSink
-from server.facts import load_principal
-from server.provisioning import CandidateSpec, Provisioning, UserSpec
+from server.domain.actions import Messaging, OpenThreadRequest
+from server.domain.auth import make_user_token
+from server.domain.events import DiscardingSink
+from server.domain.facts import load_principal
+from server.domain.provisioning import CandidateSpec, Provisioning, UserSpec
 from server.settings import Settings
 from storage.database import Database
 from storage.models import Message

@@ -2,14 +2,44 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from server.guard import GuardLimits, IPNetwork, parse_networks
 from storage.database import default_sqlite_url
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class GuardLimits:
+    """Bounds on connections before their request is read, with safe defaults.
+    A cap of 0 turns that cap off."""
+
+    handshake_timeout_seconds: float = 10.0
+    max_header_line_bytes: int = 8 * 1024
+    max_head_bytes: int = 16 * 1024
+    max_header_fields: int = 100
+    max_pending_handshakes: int = 1024
+    max_handshakes_per_address: int = 0
+    max_sockets_per_address: int = 0
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+
+
+def parse_networks(raw: str) -> tuple[IPNetwork, ...]:
+    """`10.0.0.0/8, 192.0.2.7` → networks; raises ValueError naming a bad entry."""
+    networks = []
+    for item in raw.split(","):
+        item = item.strip()
+        if item:
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+    return tuple(networks)
 
 
 class ConfigError(ValueError):

@@ -1,4 +1,7 @@
-"""Persistence: SQLAlchemy models, the database handle and Alembic migrations."""
+"""Persistence: SQLAlchemy models, the database handle and Alembic migrations.
+
+Layer rule: the bottom layer; imports nothing of server, channels or mailer.
+"""
 
 from storage.database import Database, default_sqlite_url, is_sqlite
 

@@ -20,14 +20,14 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 from starlette.applications import Starlette
 
+from harness.services import PostgresServer, RedisServer
 from server.app import create_app
-from server.auth import make_user_token
+from server.domain.auth import make_user_token
 from server.settings import Settings
 from storage import migrate
 from storage.database import Database
 from storage.models import Base
-from tests.realtime import serve
-from tests.services import PostgresServer, RedisServer
+from tests.support.realtime import serve
 
 SECRET = "test-secret-0123456789abcdef-0123456789abcdef"
 SERVICE_TOKEN = "test-service-token-0123456789"

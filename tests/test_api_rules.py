@@ -2,7 +2,7 @@
 
 tests/test_rules.py checks server/rules.py function by function; this file checks what a
 client actually gets from the REST API. Every expectation comes from the small model below,
-written from CONTRACT.md ("Words", "Messaging API") and never by asking server.rules:
+written from CONTRACT.md ("Words", "Messaging API") and never by asking server.domain.rules:
 
 - Nothing crosses orgs: both orgs have a candidate "c1"; a user's "c1" is its own org's, and
   the thread and message ids of the other org are 404.

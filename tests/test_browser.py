@@ -18,8 +18,10 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Route, async_playwright, expect
 
+from harness.services import ServerProcess, free_port
 from server.app import create_app
-from tests.browser import (
+from tests.conftest import SECRET, SERVICE_TOKEN, make_settings
+from tests.support.browser import (
     ARTIFACTS,
     CANDIDATE,
     CANDIDATE_NAME,
@@ -42,9 +44,7 @@ from tests.browser import (
     unread_line,
     write,
 )
-from tests.conftest import SECRET, SERVICE_TOKEN, make_settings
-from tests.realtime import serve
-from tests.services import ServerProcess, free_port
+from tests.support.realtime import serve
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -17,9 +17,9 @@ import httpx
 import jwt
 import pytest
 
+from harness.services import PostgresServer, free_port
 from storage import migrate
 from storage.database import default_sqlite_url
-from tests.services import PostgresServer, free_port
 
 COMMAND = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "agency-messaging")
 HEAD = migrate.head_revision(default_sqlite_url())

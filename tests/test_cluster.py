@@ -25,10 +25,10 @@ import httpx
 import pytest
 import websockets
 
-from server.auth import make_user_token
+from harness.services import PostgresServer, RedisServer, ServerProcess
+from server.domain.auth import make_user_token
 from tests.conftest import SECRET, SERVICE_TOKEN, Api, migrate_database
-from tests.realtime import WsClient
-from tests.services import PostgresServer, RedisServer, ServerProcess
+from tests.support.realtime import WsClient
 
 ORG = "clu"
 MEMBERS = ("coord", "mem")

@@ -45,8 +45,8 @@ import httpx
 import pytest
 import websockets
 
+from harness.services import PostgresServer, RedisServer, ServerProcess
 from tests.conftest import SECRET, SERVICE_TOKEN, Api, migrate_database
-from tests.services import PostgresServer, RedisServer, ServerProcess
 from tests.test_cluster import Client, Cluster
 from tests.test_connection_guard import metric
 from tests.test_faults import (

@@ -25,19 +25,19 @@ import pytest
 import websockets
 from asgi_lifespan import LifespanManager
 
+from harness.services import ServerProcess
 from server.app import create_app
-from server.auth import make_user_token
-from server.guard import (
+from server.domain.auth import make_user_token
+from server.edge.guard import (
     ConnectionGuard,
     GuardLimits,
     parse_networks,
     scan_head,
 )
-from server.serving import ClientFaultFilter
+from server.edge.serving import ClientFaultFilter
 from server.settings import ConfigError, Settings
 from tests.conftest import SECRET, SERVICE_TOKEN, Api, make_settings, populate_world
-from tests.realtime import WsClient, serve
-from tests.services import ServerProcess
+from tests.support.realtime import WsClient, serve
 
 UPGRADE = (
     b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -324,7 +324,7 @@ async def test_a_body_that_does_not_arrive_in_time_closes_the_connection(
         await raw.send(
             b"POST /api/v1/candidates/c1/threads HTTP/1.1\r\nHost: x\r\n"
             b"Authorization: Bearer " + token("coord").encode() + b"\r\n"
-            b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"kind\""
+            b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"kind"'
         )
         answer = await raw.answer()
     finally:
@@ -540,9 +540,7 @@ async def test_a_handshake_abandoned_by_its_client_stops_and_its_retry_reads_not
     user's unread read still in flight instead of starting another."""
     database = tmp_path / "abandoned.db"
     shutil.copyfile(sqlite_template, database)
-    app = create_app(
-        make_settings(f"sqlite+aiosqlite:///{database}", tmp_path), auto_migrate=False
-    )
+    app = create_app(make_settings(f"sqlite+aiosqlite:///{database}", tmp_path), auto_migrate=False)
     started, release = asyncio.Event(), asyncio.Event()
     reads = 0
     real_snapshot: Any = None
@@ -567,7 +565,9 @@ async def test_a_handshake_abandoned_by_its_client_stops_and_its_retry_reads_not
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(
                 UPGRADE.replace(b"127.0.0.1", b"127.0.0.1:%d" % port)
-                + b"Authorization: Bearer " + token("coord").encode() + b"\r\n\r\n"
+                + b"Authorization: Bearer "
+                + token("coord").encode()
+                + b"\r\n\r\n"
             )
             await asyncio.wait_for(started.wait(), READ_BOUND)  # the server is at work
             writer.close()  # the client gives up
@@ -647,7 +647,7 @@ async def test_invalid_utf8_closes_with_1007_and_is_not_logged_as_an_error(
     quick: ServerProcess,
 ) -> None:
     socket = await _socket(quick, "coord", "127.0.0.1")
-    await socket.send(b"{\"op\": \"ping\", \"x\": \"\xff\xfe\"}", text=True)
+    await socket.send(b'{"op": "ping", "x": "\xff\xfe"}', text=True)
     with pytest.raises(websockets.ConnectionClosed):
         while True:
             await asyncio.wait_for(socket.recv(), READ_BOUND)
@@ -659,8 +659,13 @@ async def test_invalid_utf8_closes_with_1007_and_is_not_logged_as_an_error(
 
 def test_client_fault_records_become_info_without_a_traceback() -> None:
     record = logging.LogRecord(
-        "uvicorn.error", logging.ERROR, __file__, 1,
-        "Invalid UTF-8 sequence received from client.", None, (ValueError, ValueError(), None),
+        "uvicorn.error",
+        logging.ERROR,
+        __file__,
+        1,
+        "Invalid UTF-8 sequence received from client.",
+        None,
+        (ValueError, ValueError(), None),
     )
     assert ClientFaultFilter().filter(record)
     assert record.levelno == logging.INFO and record.exc_info is None

@@ -37,10 +37,10 @@ import httpx
 import pytest
 import websockets
 
-from server.auth import make_user_token
+from harness.services import PostgresServer, RedisServer, ServerProcess, free_port
+from server.domain.auth import make_user_token
 from tests.conftest import SECRET, SERVICE_TOKEN, Api, migrate_database
-from tests.realtime import WsClient
-from tests.services import PostgresServer, RedisServer, ServerProcess, free_port
+from tests.support.realtime import WsClient
 
 pytestmark = pytest.mark.postgres
 

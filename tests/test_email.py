@@ -35,17 +35,18 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import select, update
 from starlette.applications import Starlette
 
+from harness.services import VENV_BIN
 from mailer import outbox
 from mailer.transport import SmtpTransport
 from mailer.worker import AlertWorker, WorkerOptions
 from server.app import create_app
-from server.services import Services
+from server.domain.facts import AlertAccess
+from server.edge.services import Services
 from server.settings import Settings
 from storage.models import EmailOutbox, User, utcnow
 from tests.conftest import SECRET, SERVICE_TOKEN, Api, make_settings
-from tests.realtime import WsClient, serve
-from tests.services import VENV_BIN
-from tests.smtp import Received, SmtpServer
+from tests.support.realtime import WsClient, serve
+from tests.support.smtp import Received, SmtpServer
 
 ORG = "acme"
 ANN = "ann@ag.example"
@@ -659,6 +660,7 @@ async def test_a_stalled_relay_times_out_and_is_retried(launch: Launch) -> None:
         env.services.db,
         transport,
         env.services.realtime.presence,
+        AlertAccess(),
         secret=env.settings.secret,
         public_url=env.settings.public_url,
         sender=env.settings.sender,
@@ -705,6 +707,7 @@ async def test_a_worker_that_died_holding_a_claim_is_taken_over(launch: Launch) 
         db,
         SmtpTransport.from_url(env.smtp.url),
         env.services.realtime.presence,
+        AlertAccess(),
         secret=env.settings.secret,
         public_url=env.settings.public_url,
         sender=env.settings.sender,

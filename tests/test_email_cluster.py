@@ -24,11 +24,11 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from harness.services import VENV_BIN, PostgresServer, RedisServer, ServerProcess
 from storage.database import Database
 from storage.models import EmailOutbox
 from tests.conftest import SECRET, SERVICE_TOKEN, Api, migrate_database
-from tests.services import VENV_BIN, PostgresServer, RedisServer, ServerProcess
-from tests.smtp import Received, SmtpServer
+from tests.support.smtp import Received, SmtpServer
 
 ORG = "mail"
 PAIRS = 10

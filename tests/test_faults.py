@@ -30,13 +30,13 @@ import pytest
 import websockets
 from sqlalchemy import select, update
 
+from harness.services import PostgresServer, RedisServer, ServerProcess, _pg_bin
 from mailer import outbox
-from server.auth import make_user_token
+from server.domain.auth import make_user_token
 from storage.database import Database
 from storage.models import EmailOutbox, User, utcnow
 from tests.conftest import SECRET, SERVICE_TOKEN, Api, migrate_database
-from tests.services import PostgresServer, RedisServer, ServerProcess, _pg_bin
-from tests.smtp import SmtpServer
+from tests.support.smtp import SmtpServer
 from tests.test_cluster import Client, Cluster, Lost, request_or_lost
 
 ORG = "flt"

@@ -49,9 +49,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from mailer.compose import Alert, AlertLine, compose
-from server.openapi import build_spec
+from server.edge.openapi import build_spec
 from tests.conftest import SERVICE_TOKEN, Api
-from tests.realtime import WsClient
+from tests.support.realtime import WsClient
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 ERROR_CODES = {"invalid", "unauthorized", "forbidden", "not_found", "rate_limited"}

@@ -14,9 +14,9 @@ import orjson
 import pytest
 
 from channels import envelope
+from channels.backends.memory import MemoryBroker, MemoryPresence
 from channels.connection import Connection, ConnectionLimits
 from channels.hub import Hub, LoggedEvent, ReplayWindow
-from channels.memory import MemoryBroker, MemoryPresence
 from channels.unread import ThreadSnapshot
 
 ORG, USER_PK, CAND, THREAD = 1, 10, 5, 7

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from channels.backends.memory import MemoryBroker, MemoryPresence
 from channels.connection import Connection
 from channels.hub import CandidateChannel, Hub, LoggedEvent, ReplayWindow
-from channels.memory import MemoryBroker, MemoryPresence
 from channels.unread import ThreadSnapshot
 from mailer.worker import AlertWorker
 
@@ -111,7 +111,7 @@ async def test_a_burst_of_presence_writes_waits_for_pooled_connections(redis_ser
     """A connect storm writes presence for hundreds of sockets at once: past the pool's
     size the writes wait for a connection (they used to fail with "Too many connections",
     leaving those sockets out of presence until the next renewal)."""
-    from channels.redis import POOL_CONNECTIONS, RedisPresence
+    from channels.backends.redis import POOL_CONNECTIONS, RedisPresence
 
     presence = RedisPresence(redis_server.url)
     await presence.start()

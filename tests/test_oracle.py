@@ -6,8 +6,8 @@ granted and revoked (members added and removed, agency users linked and unlinked
 coordinator changed, the candidate erased and provisioned again), threads opened, messages
 posted, deleted and read (over REST or over the socket), sockets connected, subscribed and
 closed, and resumes from the event log. Every step's answer is checked against the model in
-tests/oracle_model.py (written from CONTRACT.md, never from server.rules or server.views),
-and so, at checkpoints, is every read path:
+tests/support/oracle_model.py (written from CONTRACT.md, never from the server's rules or
+views), and so, at checkpoints, is every read path:
 
 - REST: GET /api/v1/candidates, /candidates/{c} (coordinator, agency_users,
   private_contacts, unread, seq), /candidates/{c}/threads (which threads, kind, people,
@@ -51,7 +51,7 @@ from starlette.applications import Starlette
 from server.settings import Settings
 from storage.models import EmailOutbox, Org, User
 from tests.conftest import Api, make_settings
-from tests.oracle_model import (
+from tests.support.oracle_model import (
     AGENCIES,
     AGENCY,
     AGENCY_OF,
@@ -72,7 +72,7 @@ from tests.oracle_model import (
     Thread,
     kind_of,
 )
-from tests.realtime import WsClient
+from tests.support.realtime import WsClient
 
 # Examples per database (about 20 s on SQLite and 30 s on PostgreSQL on a 2-core machine);
 # AM_ORACLE_EXAMPLES=200 for a longer search.

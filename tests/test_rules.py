@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from server.errors import Forbidden, InvalidInput, NotFound
-from server.rules import (
+from server.domain.errors import Forbidden, InvalidInput, NotFound
+from server.domain.rules import (
     AGENCY,
     AGENCY_THREAD,
     MEMBER,

@@ -98,12 +98,12 @@ import pytest
 import websockets
 from asgi_lifespan import LifespanManager
 
+from harness.services import free_port
 from mailer.preferences import unsubscribe_token
 from server.app import create_app
 from server.settings import ConfigError, Settings
 from tests.conftest import SECRET, SERVICE_TOKEN, Api, populate_world
-from tests.realtime import WsClient, serve
-from tests.services import free_port
+from tests.support.realtime import WsClient, serve
 from tests.test_ws_protocol import closed_with, custom_server, refused, user_token
 
 TESTS = Path(__file__).resolve().parent

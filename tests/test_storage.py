@@ -19,9 +19,10 @@ from sqlalchemy import event, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from server import views
-from server.eventlog import SqlEventSource
-from server.rules import Actor
+from harness.services import PostgresServer
+from server.domain import views
+from server.domain.eventlog import SqlEventSource
+from server.domain.rules import Actor
 from server.settings import Settings
 from storage import migrate
 from storage.database import SQLITE_BUSY_TIMEOUT_MS, Database, create_engine
@@ -39,7 +40,6 @@ from storage.models import (
     User,
 )
 from tests.conftest import Api
-from tests.services import PostgresServer
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

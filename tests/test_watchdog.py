@@ -58,7 +58,8 @@ async def test_a_blocked_loop_is_logged_with_what_it_runs_and_counted(
         watchdog.stop()
     assert blocked == [1]
     assert any(
-        "The event loop has been blocked" in m and "in hold_the_loop_without_yielding" in m
+        "The event loop has been blocked" in m
+        and "in hold_the_loop_without_yielding" in m
         and "test_watchdog.py" in m
         for m in during
     ), during

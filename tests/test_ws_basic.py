@@ -6,7 +6,7 @@ import pytest
 import websockets
 
 from tests.conftest import Api
-from tests.realtime import WsClient
+from tests.support.realtime import WsClient
 
 
 async def test_live_message_reaches_other_side(world: Api, live: str) -> None:

@@ -25,7 +25,7 @@ from starlette.applications import Starlette
 from channels.connection import ConnectionLimits
 from server.app import create_app
 from tests.conftest import SECRET, Api, make_settings, populate_world
-from tests.realtime import WsClient, serve
+from tests.support.realtime import WsClient, serve
 
 MESSAGE_EVENTS = ("message.created", "message.deleted")
 

@@ -9,12 +9,12 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from server.eventlog import prune_events
+from server.domain.eventlog import prune_events
 from server.settings import Settings
 from storage.database import Database
 from storage.models import Candidate, Event, Org, utcnow
 from tests.conftest import Api
-from tests.realtime import WsClient
+from tests.support.realtime import WsClient
 
 MESSAGE_EVENTS = ("message.created", "message.deleted")
 

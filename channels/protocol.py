@@ -1,0 +1,242 @@
+"""The WebSocket protocol: every frame in both directions, the close codes, and the value
+types that REST shares with it. docs/protocol.md describes this module; a test holds the two
+together.
+
+Client frames are JSON objects with an `op` (and an optional `ref`, echoed in the answer);
+`parse_client_frame` validates them. Server frames are built only by the functions below,
+each encoded once however many sockets receive it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Final, Literal
+
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter
+
+# --- value types --------------------------------------------------------------------------
+
+MAX_ID: Final = 2**63 - 1  # ids and seqs are stored as signed 64-bit integers
+MAX_BODY_CHARS: Final = 5000
+MAX_REF_CHARS: Final = 128
+HOST_ID: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # the host ATS's ids of orgs, users...
+
+
+def clean_text(value: str) -> str:
+    """Text that every store can hold: PostgreSQL text cannot hold NUL, and lone surrogates
+    are not encodable as UTF-8."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return value
+
+
+def _host_id(value: str) -> str:
+    if not HOST_ID.fullmatch(value):
+        raise ValueError("must match [A-Za-z0-9_.-]{1,64}")
+    return value
+
+
+def _body(value: str) -> str:
+    value = clean_text(value).strip()
+    if not value:
+        raise ValueError("must not be blank")
+    if len(value) > MAX_BODY_CHARS:
+        raise ValueError(f"must be at most {MAX_BODY_CHARS} characters")
+    return value
+
+
+def _client_id(value: str) -> str:
+    value = clean_text(value)
+    if any(ord(c) < 32 for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+HostId = Annotated[StrictStr, AfterValidator(_host_id)]
+Id = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
+Seq = Annotated[StrictInt, Field(ge=0, le=MAX_ID)]
+# The raw length bound (4 bytes a character) refuses a huge body before it is stripped.
+Body = Annotated[StrictStr, Field(max_length=MAX_BODY_CHARS * 4), AfterValidator(_body)]
+ClientId = Annotated[StrictStr, Field(min_length=1, max_length=128), AfterValidator(_client_id)]
+Ref = Annotated[StrictStr, Field(max_length=MAX_REF_CHARS)] | StrictInt | None
+
+# --- client frames ------------------------------------------------------------------------
+
+
+class Frame(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    ref: Ref = None
+
+
+class Subscribe(Frame):
+    """Follow a candidate's events; with `after`, first replay what came after that seq."""
+
+    op: Literal["subscribe"]
+    candidate: HostId
+    after: Seq | None = None
+
+
+class Unsubscribe(Frame):
+    op: Literal["unsubscribe"]
+    candidate: HostId
+
+
+class Send(Frame):
+    op: Literal["send"]
+    thread: Id
+    body: Body
+    client_id: ClientId | None = None
+
+
+class Read(Frame):
+    op: Literal["read"]
+    thread: Id
+    message_id: Id
+
+
+class Delete(Frame):
+    op: Literal["delete"]
+    message: Id
+
+
+class Ping(Frame):
+    op: Literal["ping"]
+
+
+ClientFrame = Annotated[
+    Subscribe | Unsubscribe | Send | Read | Delete | Ping, Field(discriminator="op")
+]
+CLIENT_FRAMES: Final = (Subscribe, Unsubscribe, Send, Read, Delete, Ping)
+_client_frames: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
+
+
+def parse_client_frame(raw: dict[str, Any]) -> ClientFrame:
+    """The validated frame; raises pydantic's ValidationError."""
+    return _client_frames.validate_python(raw)
+
+
+def echoable_ref(value: Any) -> Any:
+    """The client's ref if it can be echoed (a short string or an integer), else None, so
+    that even an invalid frame's error answers the right request when it can."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) or (isinstance(value, str) and len(value) <= MAX_REF_CHARS):
+        return value
+    return None
+
+
+# --- server frames ------------------------------------------------------------------------
+
+MESSAGE_CREATED: Final = "message.created"
+MESSAGE_DELETED: Final = "message.deleted"
+SERVER_FRAME_TYPES: Final = (
+    "ack",
+    "error",
+    "pong",
+    MESSAGE_CREATED,
+    MESSAGE_DELETED,
+    "unsubscribed",
+    "unread",
+    "unread.summary",
+)
+
+
+def _dumps(body: dict[str, Any]) -> str:
+    return orjson.dumps(body).decode()
+
+
+def ack(ref: Any, **fields: Any) -> str:
+    return _dumps({"type": "ack", "ref": ref, **fields})
+
+
+def error(ref: Any, code: str, message: str) -> str:
+    return _dumps({"type": "error", "ref": ref, "code": code, "message": message})
+
+
+def pong(ref: Any) -> str:
+    return _dumps({"type": "pong", "ref": ref})
+
+
+def candidate_event(
+    kind: str,
+    candidate_id: str,
+    seq: int,
+    thread_id: int,
+    message_id: int,
+    message: dict[str, Any] | None,
+) -> str:
+    """A candidate event (`message.created` carries the message, `message.deleted` its id),
+    built the same way for live fan-out and for replay."""
+    body: dict[str, Any] = {
+        "type": kind,
+        "candidate": candidate_id,
+        "seq": seq,
+        "thread": thread_id,
+    }
+    if kind == MESSAGE_CREATED:
+        body["message"] = message
+    else:
+        body["message_id"] = message_id
+    return _dumps(body)
+
+
+def unsubscribed(candidate_id: str, reason: str) -> str:
+    return _dumps({"type": "unsubscribed", "candidate": candidate_id, "reason": reason})
+
+
+def unread(
+    candidate_id: str, thread_id: int, unread: int, candidate_unread: int, total: int
+) -> str:
+    return _dumps(
+        {
+            "type": "unread",
+            "candidate": candidate_id,
+            "thread": thread_id,
+            "unread": unread,
+            "candidate_unread": candidate_unread,
+            "total_unread": total,
+        }
+    )
+
+
+def unread_summary(candidates: list[tuple[str, int]], total: int) -> str:
+    """Every candidate with unread messages, after the user's counts could have drifted."""
+    return _dumps(
+        {
+            "type": "unread.summary",
+            "candidates": [{"candidate": c, "unread": n} for c, n in candidates],
+            "total_unread": total,
+        }
+    )
+
+
+# --- close codes --------------------------------------------------------------------------
+# RFC 6455 codes, and this server's own in the 4000-4999 private range.
+
+CLOSE_NORMAL: Final = 1000
+CLOSE_CLIENT_GONE: Final = 1006  # never sent: the client closed or vanished
+CLOSE_TOO_BIG: Final = 1009
+CLOSE_INTERNAL_ERROR: Final = 1011
+CLOSE_IDLE: Final = 4000
+CLOSE_SESSION_EXPIRED: Final = 4001
+CLOSE_TOO_SLOW: Final = 4008
+CLOSE_TOO_MANY_CONNECTIONS: Final = 4029
+
+# Every code a client may see, with why; 1007 and 1012 are sent by the WebSocket server
+# underneath (uvicorn), not by this code.
+CLOSE_CODES: Final = {
+    CLOSE_NORMAL: "normal close",
+    1007: "a text frame that is not valid UTF-8",
+    CLOSE_TOO_BIG: "a frame over 64 KiB",
+    CLOSE_INTERNAL_ERROR: "an internal error",
+    1012: "the server process is restarting",
+    CLOSE_IDLE: "no frame within the idle timeout",
+    CLOSE_SESSION_EXPIRED: "the token behind the socket has expired",
+    CLOSE_TOO_SLOW: "the client read too slowly and its send queue overflowed",
+    CLOSE_TOO_MANY_CONNECTIONS: "too many open sockets for this user, or from this address",
+}

@@ -1,0 +1,336 @@
+"""Every change to conversations happens here, for REST and WebSocket alike.
+
+Each action runs one transaction: lock the candidate row, load the facts, ask
+`server.domain.rules`, write, append to the candidate's event log with the next seq, queue
+email alerts in the outbox (sends only), commit. Only then are the events handed to the sink
+(persist first, then publish).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from mailer.outbox import AlertScheduler
+from server.domain import facts, rules
+from server.domain.errors import InvalidInput, NotFound
+from server.domain.events import CandidateEvent, DomainEvent, EventSink, UnreadTouched
+from server.domain.facts import Principal, Target
+from server.domain.rules import ThreadKey
+from server.domain.views import (
+    MessageRow,
+    message_json,
+    messages_by_id,
+    thread_unread,
+    threads_json,
+)
+from storage.database import Database
+from storage.models import Candidate, Event, Message, ReadMarker, Thread, User, utcnow
+
+Json = dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenThreadRequest:
+    private: bool
+    agency_user: str | None = None
+    member: str | None = None
+
+
+class Messaging:
+    def __init__(self, db: Database, sink: EventSink, alerts: AlertScheduler | None = None) -> None:
+        self.db = db
+        self.sink = sink
+        self.alerts = alerts
+
+    # --- threads --------------------------------------------------------------------
+
+    async def open_thread(
+        self, who: Principal, candidate_id: str, request: OpenThreadRequest
+    ) -> tuple[Json, bool]:
+        """Get-or-create a thread; returns (Thread JSON, created)."""
+        async with self.db.write() as session:
+            candidate, access = await facts.visible_candidate(
+                session, who.actor, candidate_id, lock=True
+            )
+            key = rules.thread_key(
+                who.actor,
+                access,
+                private=request.private,
+                agency_user_pk=await self._user_pk(session, who, request.agency_user, "agency"),
+                member_pk=await self._user_pk(session, who, request.member, "member"),
+            )
+            thread = await self._find_thread(session, candidate.pk, key)
+            created = thread is None
+            if thread is None:
+                partners = await facts.earlier_private_partners(session, who.actor)
+                rules.check_open_thread(who.actor, access, key, partners)
+                thread = Thread(
+                    org_pk=candidate.org_pk,
+                    candidate_pk=candidate.pk,
+                    kind=key.kind,
+                    agency_user_pk=key.agency_user_pk,
+                    member_pk=key.member_pk,
+                )
+                session.add(thread)
+                await session.flush()
+            rules.require_thread(who.actor, access, facts.thread_ref(thread))
+            (body,) = await threads_json(session, who.actor, [thread], candidate.ext_id)
+        return body, created
+
+    async def _user_pk(
+        self, session: AsyncSession, who: Principal, user_id: str | None, kind: str
+    ) -> int | None:
+        if user_id is None:
+            return None
+        pk = await session.scalar(
+            select(User.pk).where(
+                User.org_pk == who.actor.org_pk, User.ext_id == user_id, User.kind == kind
+            )
+        )
+        if pk is None:
+            what = "agency user" if kind == "agency" else "member"
+            raise NotFound(f"No such {what} on this candidate.")
+        return pk
+
+    async def _find_thread(
+        self, session: AsyncSession, candidate_pk: int, key: ThreadKey
+    ) -> Thread | None:
+        query = select(Thread).where(
+            Thread.candidate_pk == candidate_pk,
+            Thread.kind == key.kind,
+            Thread.agency_user_pk == key.agency_user_pk,
+        )
+        if key.member_pk is None:
+            query = query.where(Thread.member_pk.is_(None))
+        else:
+            query = query.where(Thread.member_pk == key.member_pk)
+        return (await session.execute(query)).scalar_one_or_none()
+
+    # --- messages -------------------------------------------------------------------
+
+    async def send(
+        self, who: Principal, thread_id: int, body: str, client_id: str | None
+    ) -> tuple[Json, bool]:
+        """Posts a message; returns (Message JSON, created). A repeated client_id is a no-op."""
+        try:
+            return await self._send(who, thread_id, body, client_id)
+        except IntegrityError:
+            # A concurrent request with the same client_id won the race: answer with its message.
+            if client_id is None:
+                raise
+            existing = await self._by_client_id(who, client_id)
+            if existing is None:
+                raise
+            return existing.to_json(), False
+
+    async def _send(
+        self, who: Principal, thread_id: int, body: str, client_id: str | None
+    ) -> tuple[Json, bool]:
+        async with self.db.write() as session:
+            conn = await session.connection()
+            target = await facts.thread_target(conn, who.actor, thread_id, lock=True)
+            rules.check_post(who.actor, target.access, target.ref)
+            if client_id is not None:
+                earlier = await conn.scalar(
+                    select(Message.id).where(
+                        Message.author_pk == who.actor.pk, Message.client_id == client_id
+                    )
+                )
+                if earlier is not None:
+                    # The original may be in another thread, even of another candidate: it
+                    # is answered if its author may still read it where it is.
+                    row = (await messages_by_id(session, [earlier]))[earlier]
+                    original = await facts.thread_target(conn, who.actor, row.message.thread_id)
+                    rules.check_read(who.actor, original.access, original.ref)
+                    return row.to_json(), False
+            message = Message(
+                thread_id=target.ref.id,
+                candidate_pk=target.ref.candidate_pk,
+                author_pk=who.actor.pk,
+                body=body,
+                client_id=client_id,
+                created_at=utcnow(),
+                deleted=False,
+            )
+            # Core statements on the session's connection: the ORM's unit of work costs
+            # more than SQLite itself on this, the hottest write.
+            values = {
+                "thread_id": message.thread_id,
+                "candidate_pk": message.candidate_pk,
+                "author_pk": message.author_pk,
+                "body": body,
+                "client_id": client_id,
+                "created_at": message.created_at,
+                "deleted": False,
+            }
+            message.id = (await conn.execute(_INSERT_MESSAGE, values)).scalar_one()
+            await conn.execute(_SET_LAST_MESSAGE, {"t": target.ref.id, "m": message.id})
+            seq = await self._append_event(conn, target, "message.created", message.id)
+            if self.alerts is not None:
+                await self.alerts.message_posted(
+                    session,
+                    org_pk=who.actor.org_pk,
+                    candidate_pk=target.access.pk,
+                    thread_id=target.ref.id,
+                    message_id=message.id,
+                    author_pk=who.actor.pk,
+                    involved=functools.partial(
+                        rules.alert_recipients, target.access, target.ref, author_pk=who.actor.pk
+                    ),
+                )
+            # The Message JSON from what is in hand: no read back.
+            payload = message_json(message, who.user_json(), target.candidate_id)
+            events = _thread_events(
+                "message.created", target, seq, message.id, payload, who.actor.pk
+            )
+        await self.sink.publish(events)
+        return payload, True
+
+    async def _by_client_id(self, who: Principal, client_id: str) -> MessageRow | None:
+        async with self.db.read() as session:
+            message_id = await session.scalar(
+                select(Message.id).where(
+                    Message.author_pk == who.actor.pk, Message.client_id == client_id
+                )
+            )
+            if message_id is None:
+                return None
+            return (await messages_by_id(session, [message_id])).get(message_id)
+
+    async def delete(self, who: Principal, message_id: int) -> None:
+        """Erases a message's text and leaves a tombstone. Deleting a tombstone is a no-op."""
+        async with self.db.write() as session:
+            conn = await session.connection()
+            found = (
+                await conn.execute(
+                    select(Message.thread_id, Message.author_pk, Message.deleted).where(
+                        Message.id == message_id
+                    )
+                )
+            ).first()
+            if found is None:
+                raise NotFound("No such message.")
+            target = await facts.thread_target(
+                conn, who.actor, found.thread_id, missing="No such message.", lock=True
+            )
+            rules.check_delete(who.actor, target.access, target.ref, found.author_pk)
+            if found.deleted:
+                return
+            await conn.execute(
+                update(Message).where(Message.id == message_id).values(deleted=True, body=None)
+            )
+            seq = await self._append_event(conn, target, "message.deleted", message_id)
+            events = _thread_events("message.deleted", target, seq, message_id, None, who.actor.pk)
+        await self.sink.publish(events)
+
+    async def mark_read(self, who: Principal, thread_id: int, message_id: int) -> int:
+        """Moves the caller's read marker forward (never back); returns the thread's unread."""
+        moved = False
+        async with self.db.write() as session:
+            conn = await session.connection()
+            target = await facts.thread_target(conn, who.actor, thread_id)
+            rules.check_read(who.actor, target.access, target.ref)
+            thread_id = target.ref.id
+            in_thread = await session.scalar(
+                select(Message.id).where(Message.id == message_id, Message.thread_id == thread_id)
+            )
+            if in_thread is None:
+                raise InvalidInput("message_id is not a message of this thread.")
+            marker = await session.get(ReadMarker, (who.actor.pk, thread_id))
+            if marker is None:
+                session.add(
+                    ReadMarker(user_pk=who.actor.pk, thread_id=thread_id, message_id=message_id)
+                )
+                moved = True
+            elif marker.message_id < message_id:
+                marker.message_id = message_id
+                moved = True
+            await session.flush()
+            unread = await thread_unread(session, who.actor.pk, thread_id)
+        if moved:
+            await self.sink.publish(
+                [
+                    UnreadTouched(
+                        who.actor.org_pk,
+                        target.ref.candidate_pk,
+                        target.candidate_id,
+                        thread_id,
+                        frozenset({who.actor.pk}),
+                    )
+                ]
+            )
+        return unread
+
+    # --- shared steps ---------------------------------------------------------------
+
+    async def _append_event(
+        self, conn: AsyncConnection, target: Target, kind: str, message_id: int
+    ) -> int:
+        candidate_pk = target.ref.candidate_pk
+        seq: int = (await conn.execute(_NEXT_SEQ, {"c": candidate_pk})).scalar_one()
+        await conn.execute(
+            _INSERT_EVENT,
+            {
+                "candidate_pk": candidate_pk,
+                "seq": seq,
+                "kind": kind,
+                "thread_id": target.ref.id,
+                "message_id": message_id,
+                "created_at": utcnow(),
+            },
+        )
+        return seq
+
+
+# The statements of the send path, built once: building a statement costs more than
+# running it on SQLite.
+_INSERT_MESSAGE = insert(Message).returning(Message.id)
+_SET_LAST_MESSAGE = (
+    update(Thread).where(Thread.id == bindparam("t")).values(last_message_id=bindparam("m"))
+)
+_NEXT_SEQ = (
+    update(Candidate)
+    .where(Candidate.pk == bindparam("c"))
+    .values(last_seq=Candidate.last_seq + 1)
+    .returning(Candidate.last_seq)
+)
+_INSERT_EVENT = insert(Event)
+
+
+def _thread_events(
+    kind: str,
+    target: Target,
+    seq: int,
+    message_id: int,
+    payload: Json | None,
+    author_pk: int,
+) -> list[DomainEvent]:
+    """The candidate event of a message change, and the unread counts it touches."""
+    ref, access = target.ref, target.access
+    audience = rules.thread_viewers(access, ref)
+    event = CandidateEvent(
+        type=kind,
+        org_pk=access.org_pk,
+        candidate_pk=ref.candidate_pk,
+        candidate_id=target.candidate_id,
+        seq=seq,
+        thread=ref,
+        message_id=message_id,
+        audience=audience,
+        message=payload,
+        author_pk=author_pk,
+    )
+    touched = UnreadTouched(
+        access.org_pk,
+        ref.candidate_pk,
+        target.candidate_id,
+        ref.id,
+        audience - {author_pk},
+        new_message_id=message_id if kind == "message.created" else 0,
+    )
+    return [event, touched]

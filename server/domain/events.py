@@ -1,0 +1,66 @@
+"""Domain events that actions emit after their transaction commits.
+
+Actions never talk to sockets or brokers: they hand these to an `EventSink` once the data is
+durable, and the real-time layer decides who receives what.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from server.domain.rules import ThreadRef
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateEvent:
+    """A `message.created` or `message.deleted` event, with the candidate's seq."""
+
+    type: str
+    org_pk: int
+    candidate_pk: int
+    candidate_id: str
+    seq: int
+    thread: ThreadRef
+    message_id: int
+    audience: frozenset[int]  # who sees the thread at commit time
+    message: dict[str, Any] | None = None  # the Message JSON, for message.created
+    author_pk: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadTouched:
+    """The unread counts of these users may have changed in this thread."""
+
+    org_pk: int
+    candidate_pk: int
+    candidate_id: str
+    thread_id: int
+    user_pks: frozenset[int]
+    new_message_id: int = 0  # set when a new message is the change: counted as a delta
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRevoked:
+    """These users no longer see the candidate (or it was erased)."""
+
+    org_pk: int
+    candidate_pk: int
+    candidate_id: str
+    user_pks: frozenset[int] = field(default_factory=frozenset)
+    erased: bool = False
+
+
+DomainEvent = CandidateEvent | UnreadTouched | AccessRevoked
+
+
+class EventSink(Protocol):
+    async def publish(self, events: Sequence[DomainEvent]) -> None: ...
+
+
+class DiscardingSink:
+    """The sink of a process that serves no live clients (the CLI, the worker)."""
+
+    async def publish(self, events: Sequence[DomainEvent]) -> None:
+        return None

@@ -1,0 +1,207 @@
+"""Loads from storage the facts that `server.domain.rules` decides on, as they are now."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, literal, select, union_all
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from server.domain import rules
+from server.domain.errors import NotFound
+from server.domain.rules import PRIVATE_THREAD, Actor, CandidateAccess, ThreadRef
+from storage.models import Candidate, CandidateAgencyUser, CandidateMember, Org, Thread, User
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated user of a request or socket."""
+
+    actor: Actor
+    org_id: str
+    user_id: str
+    name: str
+
+    @property
+    def kind(self) -> str:
+        return self.actor.kind
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.actor.org_pk, self.actor.pk)
+
+    def user_json(self) -> dict[str, str]:
+        """The contract's `User` for this principal (its name as of authentication)."""
+        return {"id": self.user_id, "name": self.name, "kind": self.actor.kind}
+
+
+_PRINCIPAL = (
+    select(User.pk, User.org_pk, User.kind, User.name)
+    .join(Org, Org.pk == User.org_pk)
+    .where(Org.ext_id == bindparam("org"), User.ext_id == bindparam("user"))
+)
+
+
+async def load_principal(session: AsyncSession, org_id: str, user_id: str) -> Principal | None:
+    conn = await session.connection()  # Core: this runs on every request
+    row = (await conn.execute(_PRINCIPAL, {"org": org_id, "user": user_id})).first()
+    if row is None:
+        return None
+    return Principal(Actor(row.pk, row.org_pk, row.kind), org_id, user_id, row.name)
+
+
+async def candidate_row(
+    session: AsyncSession, org_pk: int, candidate_id: str, *, lock: bool = False
+) -> Candidate | None:
+    query = select(Candidate).where(Candidate.org_pk == org_pk, Candidate.ext_id == candidate_id)
+    if lock:
+        query = query.with_for_update()
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def candidate_row_by_pk(
+    session: AsyncSession, candidate_pk: int, *, lock: bool = False
+) -> Candidate | None:
+    query = select(Candidate).where(Candidate.pk == candidate_pk)
+    if lock:
+        query = query.with_for_update()
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+# Both lists in one round trip, built once: this runs on every read and write of a candidate.
+_ACCESS = union_all(
+    select(literal(True), CandidateMember.user_pk).where(
+        CandidateMember.candidate_pk == bindparam("c")
+    ),
+    select(literal(False), CandidateAgencyUser.user_pk).where(
+        CandidateAgencyUser.candidate_pk == bindparam("c")
+    ),
+)
+
+
+async def candidate_access(session: AsyncSession, candidate: Candidate) -> CandidateAccess:
+    return await access_of(session, candidate.pk, candidate.org_pk, candidate.coordinator_pk)
+
+
+async def access_of(
+    db: AsyncSession | AsyncConnection, candidate_pk: int, org_pk: int, coordinator_pk: int | None
+) -> CandidateAccess:
+    rows = await db.execute(_ACCESS, {"c": candidate_pk})
+    members: set[int] = set()
+    agency_users: set[int] = set()
+    for is_member, user_pk in rows:
+        (members if is_member else agency_users).add(user_pk)
+    return CandidateAccess(
+        pk=candidate_pk,
+        org_pk=org_pk,
+        coordinator_pk=coordinator_pk,
+        member_pks=frozenset(members),
+        agency_user_pks=frozenset(agency_users),
+    )
+
+
+async def visible_candidate(
+    session: AsyncSession, actor: Actor, candidate_id: str, *, lock: bool = False
+) -> tuple[Candidate, CandidateAccess]:
+    """The candidate and its access now, if the actor sees it; else NotFound (rules)."""
+    candidate = await candidate_row(session, actor.org_pk, candidate_id, lock=lock)
+    access = await candidate_access(session, candidate) if candidate else None
+    rules.require_candidate(actor, access)
+    assert candidate is not None and access is not None
+    return candidate, access
+
+
+def thread_ref(thread: Thread) -> ThreadRef:
+    return ThreadRef(
+        id=thread.id,
+        candidate_pk=thread.candidate_pk,
+        kind=thread.kind,
+        agency_user_pk=thread.agency_user_pk,
+        member_pk=thread.member_pk,
+    )
+
+
+async def earlier_private_partners(session: AsyncSession, actor: Actor) -> frozenset[int]:
+    """Members this agency user has exchanged private messages with, on any candidate."""
+    if actor.is_member:
+        return frozenset()
+    rows = await session.scalars(
+        select(Thread.member_pk)
+        .where(
+            Thread.agency_user_pk == actor.pk,
+            Thread.kind == PRIVATE_THREAD,
+            Thread.org_pk == actor.org_pk,
+            Thread.last_message_id.is_not(None),
+        )
+        .distinct()
+    )
+    return frozenset(pk for pk in rows if pk is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A thread as reads and writes check it: what the rules need, and the candidate's
+    external id."""
+
+    ref: ThreadRef
+    access: CandidateAccess
+    candidate_id: str
+
+
+_TARGET = (
+    select(
+        Thread.id,
+        Thread.candidate_pk,
+        Thread.kind,
+        Thread.agency_user_pk,
+        Thread.member_pk,
+        Candidate.ext_id,
+        Candidate.coordinator_pk,
+    )
+    .join(Candidate, Candidate.pk == Thread.candidate_pk)
+    .where(Thread.id == bindparam("t"), Thread.org_pk == bindparam("o"))
+)
+_LOCKED_TARGET = _TARGET.with_for_update(of=Candidate)  # SQLite: the write lock already
+
+
+async def thread_target(
+    db: AsyncSession | AsyncConnection,
+    actor: Actor,
+    thread_id: int,
+    *,
+    missing: str = "No such thread.",
+    lock: bool = False,
+) -> Target:
+    """The thread, its candidate (row-locked with `lock`: writes to one candidate are
+    serialised, so that seqs and message ids commit in order) and the candidate's access now,
+    in two statements built once. A thread the actor may not see is NotFound, as one that
+    does not exist."""
+    query = _LOCKED_TARGET if lock else _TARGET
+    row = (await db.execute(query, {"t": thread_id, "o": actor.org_pk})).first()
+    if row is None:
+        raise NotFound(missing)
+    ref = ThreadRef(
+        id=row.id,
+        candidate_pk=row.candidate_pk,
+        kind=row.kind,
+        agency_user_pk=row.agency_user_pk,
+        member_pk=row.member_pk,
+    )
+    access = await access_of(db, row.candidate_pk, actor.org_pk, row.coordinator_pk)
+    if not rules.can_see_thread(actor, access, ref):
+        raise NotFound(missing)
+    return Target(ref, access, row.ext_id)
+
+
+class AlertAccess:
+    """The domain's answers to the alert worker (`mailer.worker.ThreadAccess`)."""
+
+    async def sees_thread(
+        self, session: AsyncSession, user: User, candidate: Candidate, thread: Thread
+    ) -> bool:
+        actor = rules.Actor(user.pk, user.org_pk, user.kind)
+        access = await candidate_access(session, candidate)
+        return rules.can_see_thread(actor, access, thread_ref(thread))
+
+    def is_private(self, thread: Thread) -> bool:
+        return thread.kind == rules.PRIVATE_THREAD

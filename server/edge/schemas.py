@@ -1,0 +1,80 @@
+"""REST request bodies, validated with pydantic; their JSON Schemas also feed /openapi.json.
+The value types they share with WebSocket frames come from `channels.protocol`."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr
+
+from channels.protocol import Body, ClientId, HostId, Id, clean_text
+
+
+def _name(value: str) -> str:
+    value = clean_text(value).strip()
+    if not value:
+        raise ValueError("must not be blank")
+    return value
+
+
+# One plain address: no display name, no list, no comments or quoting, so that it can only
+# ever name one mailbox (a comma or angle brackets would smuggle in a second recipient).
+_EMAIL = re.compile(r"[\w!#$%&'*+/=?^`{|}~.-]+@[\w-]+(\.[\w-]+)+")
+
+
+def _email(value: str) -> str:
+    value = clean_text(value).strip()
+    if len(value) > 254 or not _EMAIL.fullmatch(value):
+        raise ValueError("must be one email address, like name@example.com")
+    return value
+
+
+Name = Annotated[StrictStr, Field(max_length=200), AfterValidator(_name)]
+Email = Annotated[StrictStr, Field(max_length=254), AfterValidator(_email)]
+
+
+class Input(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class SessionIn(Input):
+    token: StrictStr = Field(max_length=8192)
+
+
+class NamedIn(Input):
+    name: Name
+
+
+class UserIn(Input):
+    name: Name
+    email: Email
+    kind: Literal["member", "agency"]
+    agency: HostId | None = None
+
+
+class CandidateIn(Input):
+    name: Name
+    coordinator: HostId | None = None
+    members: list[HostId] = Field(default_factory=list, max_length=10_000)
+    agency_users: list[HostId] = Field(default_factory=list, max_length=1_000)
+
+
+class OpenThreadIn(Input):
+    private: StrictBool = False
+    agency_user: HostId | None = None
+    member: HostId | None = None
+
+
+class SendIn(Input):
+    body: Body
+    client_id: ClientId | None = None
+
+
+class ReadIn(Input):
+    message_id: Id
+
+
+class NotificationsIn(Input):
+    muted: StrictBool | None = None
+    muted_candidates: list[HostId] | None = Field(default=None, max_length=10_000)

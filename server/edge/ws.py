@@ -1,0 +1,366 @@
+"""The WebSocket endpoint `/ws`: handshake checks, frame validation and the ops.
+
+Every op goes through the same rules and actions as REST. Frames are answered in order
+with `ack` or `error` (echoing `ref`); a bad frame gets an error and the socket lives on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import (
+    ValidationError,
+)
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from channels import protocol
+from channels.connection import Connection
+from channels.protocol import (
+    CLOSE_CLIENT_GONE,
+    CLOSE_IDLE,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_NORMAL,
+    CLOSE_SESSION_EXPIRED,
+    CLOSE_TOO_BIG,
+    CLOSE_TOO_MANY_CONNECTIONS,
+    ClientFrame,
+    Delete,
+    Ping,
+    Read,
+    Send,
+    Subscribe,
+    Unsubscribe,
+)
+from mailer import outbox
+from server.domain import facts
+from server.domain.auth import SESSION_COOKIE, authenticate_token, bearer_token
+from server.domain.errors import AppError, InvalidInput, RateLimited, Unavailable
+from server.domain.facts import Principal
+from server.edge.guard import ADDRESS_HANDSHAKES, ADDRESS_SOCKETS, HANDSHAKE_TIMEOUT
+from server.edge.http import describe_validation, error_response
+from server.edge.middleware import UNAVAILABLE_ERRORS
+from server.edge.origins import origin_allowed
+from server.edge.services import Realtime, Services, services
+
+log = logging.getLogger("agency_messaging.ws")
+
+IN_FLIGHT_GRACE_SECONDS = 10.0
+CLOSE_GRACE_SECONDS = 2.0
+
+T = TypeVar("T")
+
+
+def _error(ref: Any, error: AppError) -> str:
+    return protocol.error(ref, error.code, error.message)
+
+
+# --- handshake ----------------------------------------------------------------------------
+
+
+async def _authenticate(ws: WebSocket, s: Services) -> tuple[Principal, int] | None:
+    """The principal and token expiry, or None when the handshake must be refused."""
+    origin = ws.headers.get("origin")
+    if origin is not None and not origin_allowed(
+        origin,
+        scheme=ws.url.scheme,
+        host=ws.headers.get("host"),
+        allowed=s.settings.allowed_origins,
+        public_url=s.settings.public_url,
+    ):
+        return None
+    try:
+        token = bearer_token(ws.headers) or ws.cookies.get(SESSION_COOKIE)
+        if token is None:
+            return None
+        return await authenticate_token(s.db, s.settings.secret, token)
+    except AppError:
+        return None
+
+
+async def websocket_endpoint(ws: WebSocket) -> None:
+    s = services(ws)
+    guard = s.guard
+    # The client's address: the peer's, or X-Forwarded-For's from a trusted proxy.
+    address = ws.client.host if ws.client else "unknown"
+    if not guard.handshakes.acquire(address, guard.limits.max_handshakes_per_address):
+        guard.refused(ADDRESS_HANDSHAKES)
+        await _deny(ws, RateLimited(TOO_MANY_HANDSHAKES, 1.0))
+        return
+    try:
+        admitted = await _admit(ws, s, address)
+    finally:
+        guard.handshakes.release(address)
+    if admitted is None:
+        return
+    try:
+        await _serve(ws, s, *admitted)
+    finally:
+        guard.sockets.release(address)
+
+
+TOO_MANY_HANDSHAKES = "Too many connections in progress from this address; try again shortly."
+HANDSHAKE_TOO_SLOW = "The handshake could not be completed in time; try again shortly."
+
+
+async def _admit(ws: WebSocket, s: Services, address: str) -> tuple[Connection, int] | None:
+    """Everything before accept, within the handshake timeout: the connection (registered,
+    holding a socket of its address) and its token's expiry, or None once refused."""
+    try:
+        async with asyncio.timeout(s.settings.handshake_timeout_seconds):
+            verdict = await _unless_the_client_leaves(ws, _check(ws, s, address))
+    except ClientLeft:
+        return None  # nobody to answer; whatever the check had started is undone
+    except Unavailable as error:
+        await _deny(ws, error)
+        return None
+    except TimeoutError:
+        s.guard.refused(HANDSHAKE_TIMEOUT)
+        await _deny(ws, Unavailable(HANDSHAKE_TOO_SLOW))
+        return None
+    except UNAVAILABLE_ERRORS:
+        await _refuse_unavailable(ws)
+        return None
+    if isinstance(verdict, tuple):
+        return verdict
+    if verdict is None:
+        await ws.close(code=1008)  # before accept: the server answers the handshake with 403
+    else:  # a cap: accepted, told why in a frame, closed with 4029
+        await ws.accept()
+        await ws.send_text(_error(None, RateLimited(verdict, 0)))
+        await ws.close(CLOSE_TOO_MANY_CONNECTIONS, verdict[:120])
+    return None
+
+
+class ClientLeft(Exception):
+    """The client closed its connection before the handshake was answered."""
+
+
+async def _unless_the_client_leaves(ws: WebSocket, work: Coroutine[Any, Any, T]) -> T:
+    """Runs the handshake's work, cancelled as soon as the client gives up on it: a client
+    that times out and retries must not leave the server doing each attempt to the end."""
+    if (await ws.receive())["type"] != "websocket.connect":  # the first message, always there
+        work.close()
+        raise ClientLeft
+    job = asyncio.ensure_future(work)
+    # Before accept, the only message that can come is the client's disconnect.
+    leaving = asyncio.ensure_future(ws.receive())
+    try:
+        await asyncio.wait({job, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        leaving.cancel()
+        if not job.done():
+            job.cancel()
+            # The work undoes itself on cancellation (Hub.register, the socket's place).
+            await asyncio.gather(job, return_exceptions=True)
+    if job.done() and not job.cancelled():
+        return job.result()  # or raises what the work raised
+    if leaving.done() and not leaving.cancelled():
+        raise ClientLeft
+    # Cancelled by something else than the client leaving: a refusal it can retry.
+    raise Unavailable("The handshake was interrupted; try again shortly.")
+
+
+async def _check(ws: WebSocket, s: Services, address: str) -> tuple[Connection, int] | str | None:
+    """The admitted connection and expiry; a cap's message; or None: not authenticated."""
+    found = await _authenticate(ws, s)
+    if found is None:
+        return None
+    who, expires_at = found
+    realtime = s.realtime
+    limit = s.settings.max_connections_per_user
+    if limit and await _open_connections(realtime, who) >= limit:
+        return "Too many open connections for this user."
+    if not s.guard.sockets.acquire(address, s.guard.limits.max_sockets_per_address):
+        s.guard.refused(ADDRESS_SOCKETS)
+        return "Too many open connections from this address."
+    conn = Connection(who.actor.org_pk, who.actor.pk, who.kind, realtime.limits, context=who)
+    try:
+        # Before accept: the user's unread counts are read first (see Hub.register).
+        await realtime.hub.register(conn)
+    except BaseException:
+        s.guard.sockets.release(address)
+        raise
+    return conn, expires_at
+
+
+async def _deny(ws: WebSocket, error: AppError) -> None:
+    """Refuses the handshake with the error's HTTP status and JSON, as REST answers it."""
+    await ws.send_denial_response(error_response(error))
+
+
+async def _serve(ws: WebSocket, s: Services, conn: Connection, expires_at: int) -> None:
+    who: Principal = conn.context
+    realtime = s.realtime
+    try:
+        await ws.accept()
+    except BaseException:
+        await realtime.hub.unregister(conn)
+        raise
+    s.metrics.ws_connections.inc()
+    await _came_online(s, who)
+    expiry = asyncio.get_running_loop().call_later(
+        max(0.0, expires_at - time.time()),
+        conn.close,
+        CLOSE_SESSION_EXPIRED,
+        "The session has expired; sign in again.",
+    )
+    reader = asyncio.create_task(_reader(ws, conn, s), name="ws-reader")
+    writer = asyncio.create_task(_writer(ws, conn), name="ws-writer")
+    closed = asyncio.create_task(conn.closed.wait(), name="ws-closed")
+    try:
+        await asyncio.wait({reader, writer, closed}, return_when=asyncio.FIRST_COMPLETED)
+        if conn.close_code is None:
+            conn.close(CLOSE_NORMAL)
+        # The writer flushes what was queued before the close and sends the close frame;
+        # a writer stuck on a client that stopped reading is given up on after a grace.
+        await asyncio.wait({writer}, timeout=CLOSE_GRACE_SECONDS)
+    finally:
+        closed.cancel()
+        expiry.cancel()
+        if conn.busy:
+            # An op in flight (a send, say) finishes even though the socket is gone, as
+            # on shutdown: the client resumes and finds it, or retries with its client_id.
+            await asyncio.wait({reader}, timeout=IN_FLIGHT_GRACE_SECONDS)
+        for task in (reader, writer):
+            task.cancel()
+        await asyncio.gather(reader, writer, return_exceptions=True)
+        await realtime.hub.unregister(conn)
+        s.metrics.ws_connections.dec()
+        s.metrics.ws_closed.labels(str(conn.close_code)).inc()
+
+
+async def _refuse_unavailable(ws: WebSocket) -> None:
+    # Not the client's fault: a 503 says "try again", where a 403 would say "bad token".
+    log.warning("The database is unavailable; a socket handshake is refused with 503.")
+    await _deny(ws, Unavailable("A backing service is unavailable; try again shortly."))
+
+
+async def _came_online(s: Services, who: Principal) -> None:
+    """A user who is online sees the blue dots: pending email alerts have nothing to add."""
+    try:
+        await outbox.cancel_for_user(s.db, who.actor.pk)
+    except Exception:  # the worker checks presence again before sending anyway
+        log.warning("Pending alerts could not be cancelled for a user who came online.")
+
+
+async def _open_connections(realtime: Realtime, who: Principal) -> int:
+    """The user's open sockets on every process; 0 (no limit) while presence is down,
+    because refusing everybody during a Redis outage would be worse than the limit."""
+    try:
+        return await realtime.presence.count(who.key)
+    except Exception:
+        log.warning("Presence is unavailable; the connection limit is not enforced meanwhile.")
+        return 0
+
+
+async def _writer(ws: WebSocket, conn: Connection) -> None:
+    """Sends queued frames; closes the socket once the connection is closed."""
+    try:
+        while True:
+            frames = await conn.next_frames()
+            if not frames and conn.close_code is not None:
+                break
+            for frame in frames:
+                await ws.send_text(frame)
+        if conn.close_code != CLOSE_CLIENT_GONE:
+            await ws.close(conn.close_code or CLOSE_NORMAL, conn.close_reason[:120])
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        conn.close(CLOSE_CLIENT_GONE)
+
+
+async def _reader(ws: WebSocket, conn: Connection, s: Services) -> None:
+    while conn.close_code is None:
+        try:
+            async with asyncio.timeout(conn.limits.idle_timeout_seconds):
+                message = await ws.receive()
+        except TimeoutError:
+            conn.close(CLOSE_IDLE, "No frame within the idle timeout.")
+            return
+        if message["type"] == "websocket.disconnect":
+            conn.close(CLOSE_CLIENT_GONE)
+            return
+        text = message.get("text")
+        if text is None:
+            conn.send(_error(None, InvalidInput("Frames must be JSON text, not binary.")))
+            continue
+        if (
+            len(text) > conn.limits.max_frame_bytes
+            or len(text.encode()) > conn.limits.max_frame_bytes
+        ):
+            conn.close(CLOSE_TOO_BIG, "The frame is over 64 KiB.")
+            return
+        conn.busy = True
+        try:
+            await _handle(text, conn, s)
+        finally:
+            conn.busy = False
+
+
+async def _handle(text: str, conn: Connection, s: Services) -> None:
+    ref: Any = None
+    try:
+        raw = orjson.loads(text)
+        if not isinstance(raw, dict):
+            raise InvalidInput("A frame must be a JSON object with an op.")
+        ref = protocol.echoable_ref(raw.get("ref"))
+        try:
+            frame = protocol.parse_client_frame(raw)
+        except ValidationError as error:
+            raise InvalidInput(describe_validation(error, whole="frame")) from None
+        conn.send(await _apply(frame, conn, s))
+    except orjson.JSONDecodeError:
+        conn.send(_error(None, InvalidInput("The frame is not valid JSON.")))
+    except AppError as error:
+        conn.send(_error(ref, error))
+    except UNAVAILABLE_ERRORS:
+        conn.send(_error(ref, Unavailable("A backing service is unavailable; try again shortly.")))
+    except Exception:
+        log.exception("An op failed unexpectedly.")
+        conn.send(_error(ref, AppError("The server failed to carry out this op.")))
+        conn.close(CLOSE_INTERNAL_ERROR, "Internal error.")
+
+
+async def _apply(frame: ClientFrame, conn: Connection, s: Services) -> str:
+    who: Principal = conn.context
+    if isinstance(frame, Ping):
+        return protocol.pong(frame.ref)
+    if isinstance(frame, Subscribe):
+        candidate_pk = await _visible_candidate_pk(s, who, frame.candidate)
+        result = await s.realtime.hub.subscribe(conn, candidate_pk, frame.candidate, frame.after)
+        return protocol.ack(
+            frame.ref, candidate=frame.candidate, seq=result.seq, reset=result.reset
+        )
+    if isinstance(frame, Unsubscribe):
+        async with s.db.read() as session:
+            candidate = await facts.candidate_row(session, who.actor.org_pk, frame.candidate)
+        if candidate is not None:
+            await s.realtime.hub.unsubscribe(conn, candidate.pk)
+        return protocol.ack(frame.ref, candidate=frame.candidate)
+    if isinstance(frame, Send):
+        s.send_limiter.take(who.key)
+        message, created = await s.messaging.send(who, frame.thread, frame.body, frame.client_id)
+        if created:
+            s.metrics.messages_sent.labels("ws").inc()
+        return protocol.ack(frame.ref, message=message)
+    if isinstance(frame, Read):
+        unread = await s.messaging.mark_read(who, frame.thread, frame.message_id)
+        return protocol.ack(frame.ref, unread=unread)
+    assert isinstance(frame, Delete)
+    await s.messaging.delete(who, frame.message)
+    s.metrics.messages_deleted.inc()
+    return protocol.ack(frame.ref, message_id=frame.message)
+
+
+async def _visible_candidate_pk(s: Services, who: Principal, candidate_id: str) -> int:
+    async with s.db.read() as session:
+        candidate, _ = await facts.visible_candidate(session, who.actor, candidate_id)
+    return candidate.pk
+
+
+routes = [WebSocketRoute("/ws", websocket_endpoint)]

@@ -1,0 +1,222 @@
+"""Helpers for the browser tests: Debian's Chromium through Playwright, a provisioned org,
+and signed-in pages on a live server.
+
+Playwright cannot download its own browser here, so it drives /usr/bin/chromium.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Locator,
+    Page,
+    Playwright,
+    ViewportSize,
+    expect,
+)
+
+from server.domain.auth import make_user_token
+from tests.conftest import SECRET, Api
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+DESKTOP: ViewportSize = {"width": 1100, "height": 800}
+PHONE: ViewportSize = {"width": 390, "height": 844}
+
+ORG = "acme"
+CANDIDATE = "c1"
+CANDIDATE_NAME = "Jamie Rivera"
+AGENCY_NAME = "Talent Bridge"
+# user id -> (display name, kind)
+USERS = {
+    "coord": ("Cora Lind", "member"),
+    "mem": ("Max Meyer", "member"),
+    "third": ("Theo Brandt", "member"),
+    "ann": ("Ann Archer", "agency"),
+}
+
+
+def name(user: str) -> str:
+    return USERS[user][0]
+
+
+async def launch(playwright: Playwright) -> Browser:
+    return await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+async def provision(api: Api) -> None:
+    """Org acme; agency `ag` with agency user ann; members coord, mem, third; candidate c1
+    with coordinator coord, members [coord, mem, third] and agency user ann."""
+    await api.org(ORG, "Acme")
+    await api.provision(f"{ORG}/agencies/ag", {"name": AGENCY_NAME})
+    for user, (display, kind) in USERS.items():
+        await api.provision(
+            f"{ORG}/users/{user}",
+            {
+                "name": display,
+                "email": f"{user}@example.com",
+                "kind": kind,
+                "agency": "ag" if kind == "agency" else None,
+            },
+        )
+    await set_candidate(api, coordinator="coord")
+
+
+async def set_candidate(api: Api, *, coordinator: str) -> None:
+    await api.provision(
+        f"{ORG}/candidates/{CANDIDATE}",
+        {
+            "name": CANDIDATE_NAME,
+            "coordinator": coordinator,
+            "members": ["coord", "mem", "third"],
+            "agency_users": ["ann"],
+        },
+    )
+
+
+@dataclass
+class Site:
+    """A live server with provisioned users, and the browser contexts signed in to it."""
+
+    base: str
+    api: Api
+    browser: Browser
+    contexts: list[BrowserContext] = field(default_factory=list)
+
+    async def open(self, context: BrowserContext, path: str = f"/candidates/{CANDIDATE}") -> Page:
+        page = await context.new_page()
+        await page.goto(self.base + path)
+        await ready(page)
+        return page
+
+    async def page(
+        self,
+        user: str,
+        path: str = f"/candidates/{CANDIDATE}",
+        viewport: ViewportSize | None = None,
+    ) -> Page:
+        """Signs `user` in with the login link that lands on `path`, as the host ATS does."""
+        context = await self.browser.new_context(viewport=viewport or DESKTOP)
+        context.set_default_timeout(10_000)
+        self.contexts.append(context)
+        page = await context.new_page()
+        token = make_user_token(SECRET, ORG, user)
+        await page.goto(f"{self.base}/login#token={token}&next={path}")
+        await page.wait_for_url(self.base + path)
+        await ready(page)
+        return page
+
+    async def close(self) -> None:
+        for context in self.contexts:
+            await context.close()
+        self.contexts.clear()
+
+    # --- REST, as a user ----------------------------------------------------------------
+
+    async def thread_of(self, user: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.api.open_thread(ORG, user, CANDIDATE, body)
+
+    async def send(self, user: str, thread: int, body: str) -> dict[str, Any]:
+        return await self.api.send(ORG, user, thread, body)
+
+    async def history(self, user: str, thread: int) -> list[dict[str, Any]]:
+        response = await self.api.get(
+            ORG, user, f"/api/v1/threads/{thread}/messages", params={"limit": 100}
+        )
+        assert response.status_code == 200, response.text
+        messages: list[dict[str, Any]] = response.json()["messages"]
+        return messages
+
+
+def api_for(base: str) -> Api:
+    return Api(httpx.AsyncClient(base_url=base, timeout=20))
+
+
+async def ready(page: Page) -> None:
+    """Waits until the page's messaging client is connected and subscribed: a sync point
+    for the tests (read through the client module, which the page itself imports)."""
+    await page.evaluate(
+        "import('/static/am-client.js').then((m) => { window.__amTestClient = m.client(); })"
+    )
+    await connected(page)
+
+
+async def connected(page: Page, timeout: float = 10_000) -> None:
+    await page.wait_for_function(
+        "() => { const c = window.__amTestClient;"
+        " return !!c && c.connected && [...c.subscriptions.values()].every((v) => v !== null); }",
+        timeout=timeout,
+    )
+
+
+async def disconnected(page: Page, timeout: float = 10_000) -> None:
+    await page.wait_for_function("() => !window.__amTestClient.connected", timeout=timeout)
+
+
+# --- locators, by the contract's accessible names ---------------------------------------
+
+BUBBLE_NAME = re.compile(r"^Messages(, \d+ unread)?$")
+
+
+def bubble(page: Page) -> Locator:
+    return page.get_by_role("button", name=BUBBLE_NAME)
+
+
+def dialog(page: Page) -> Locator:
+    return page.get_by_role("dialog")
+
+
+def unread_line(page: Page) -> Locator:
+    return page.locator("agency-unread-line")
+
+
+def tab(page: Page, label: str) -> Locator:
+    """A thread tab, whether or not its name announces unread messages."""
+    return dialog(page).get_by_role(
+        "tab", name=re.compile("^" + re.escape(label) + r"(, \d+ unread)?$")
+    )
+
+
+def message_item(page: Page, text: str) -> Locator:
+    return (
+        dialog(page)
+        .get_by_role("log")
+        .get_by_role("listitem")
+        .filter(has=page.get_by_text(text, exact=True))
+    )
+
+
+async def open_messages(page: Page) -> Locator:
+    await bubble(page).click()
+    box = dialog(page)
+    await expect(box).to_be_visible()
+    return box
+
+
+async def write(page: Page, text: str) -> None:
+    """Types `text` into the dialog's compose box and presses Send."""
+    box = dialog(page)
+    await box.get_by_role("textbox", name="Message").fill(text)
+    await box.get_by_role("button", name="Send", exact=True).click()
+
+
+async def bodies(page: Page) -> list[str]:
+    texts: Sequence[str] = (
+        await dialog(page).get_by_role("log").locator(".am-body").all_inner_texts()
+    )
+    return list(texts)
