@@ -42,7 +42,7 @@ bench: $(VENV)/.dev
 # flat. SOAK_SECONDS=600 for a longer run.
 soak: $(VENV)/.dev
 	./tools/install-system-deps.sh
-	$(BIN)/python tests/soak.py --seconds $${SOAK_SECONDS:-180}
+	$(BIN)/python bench/soak.py --seconds $${SOAK_SECONDS:-180}
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

@@ -82,7 +82,7 @@ import os, sys
 tree = os.path.realpath(os.getcwd())
 sys.path.insert(0, tree)
 import server.edge.ws
-where = os.path.realpath(server.ws.__file__)
+where = os.path.realpath(server.edge.ws.__file__)
 print("retry_storm: server.edge.ws imported from", where, file=sys.stderr, flush=True)
 if not where.startswith(tree + os.sep):
     sys.exit("retry_storm: server.edge.ws is not the tree's")

@@ -11,7 +11,7 @@ At the end every viewer is audited against the ground truth (each candidate's se
 over REST): it must hold every seq from 1 to the last exactly once: zero lost, zero
 duplicated. The memory of the process that ran the whole time must stay flat.
 
-    python tests/soak.py [--seconds 180] [--candidates 500] [--rate 50]
+    python bench/soak.py [--seconds 180] [--candidates 500] [--rate 50]
 
 Exits 0 when the audit passes; prints the figures either way.
 """

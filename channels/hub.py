@@ -129,10 +129,6 @@ class Hub:
         await self.broker.close()
         await self.presence.close()
 
-    @property
-    def connection_count(self) -> int:
-        return sum(len(c) for c in self.users.values())
-
     # --- connections ----------------------------------------------------------------
 
     async def register(self, connection: Connection) -> None:

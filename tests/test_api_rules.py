@@ -1,6 +1,6 @@
 """The rules matrix end to end over HTTP: role x thread x operation x state, on both databases.
 
-tests/test_rules.py checks server/rules.py function by function; this file checks what a
+tests/test_rules.py checks server/domain/rules.py function by function; this file checks what a
 client actually gets from the REST API. Every expectation comes from the small model below,
 written from CONTRACT.md ("Words", "Messaging API") and never by asking server.domain.rules:
 

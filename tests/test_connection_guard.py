@@ -28,14 +28,9 @@ from asgi_lifespan import LifespanManager
 from harness.services import ServerProcess
 from server.app import create_app
 from server.domain.auth import make_user_token
-from server.edge.guard import (
-    ConnectionGuard,
-    GuardLimits,
-    parse_networks,
-    scan_head,
-)
+from server.edge.guard import ConnectionGuard, scan_head
 from server.edge.serving import ClientFaultFilter
-from server.settings import ConfigError, Settings
+from server.settings import ConfigError, GuardLimits, Settings, parse_networks
 from tests.conftest import SECRET, SERVICE_TOKEN, Api, make_settings, populate_world
 from tests.support.realtime import WsClient, serve
 
@@ -517,7 +512,7 @@ async def test_a_websocket_handshake_that_cannot_finish_in_time_is_refused_with_
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
             await populate_world(Api(c))
-        monkeypatch.setattr("server.ws.authenticate_token", stalled_authentication)
+        monkeypatch.setattr("server.edge.ws.authenticate_token", stalled_authentication)
         async with serve(app, lifespan="off") as url:
             with pytest.raises(websockets.InvalidStatus) as caught:
                 await websockets.connect(

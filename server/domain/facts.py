@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from server.domain import rules
+from server.domain import rules, views
 from server.domain.errors import NotFound
 from server.domain.rules import PRIVATE_THREAD, Actor, CandidateAccess, ThreadRef
 from storage.models import Candidate, CandidateAgencyUser, CandidateMember, Org, Thread, User
@@ -32,7 +32,7 @@ class Principal:
 
     def user_json(self) -> dict[str, str]:
         """The contract's `User` for this principal (its name as of authentication)."""
-        return {"id": self.user_id, "name": self.name, "kind": self.actor.kind}
+        return views.user_ref(self.user_id, self.name, self.actor.kind)
 
 
 _PRINCIPAL = (

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.domain import facts
+from server.domain import facts, views
 from server.domain.errors import Conflict, InvalidInput, NotFound
 from server.domain.events import AccessRevoked, DomainEvent, EventSink, UnreadTouched
 from server.domain.rules import AGENCY, MEMBER, CandidateAccess
@@ -115,7 +115,7 @@ class Provisioning:
                     "a user's kind cannot change once provisioned."
                 )
             user.name, user.email, user.agency_pk = spec.name, spec.email, agency_pk
-            body: Json = {"id": user_id, "name": spec.name, "kind": spec.kind}
+            body: Json = views.user_ref(user_id, spec.name, spec.kind)
             body |= {"email": spec.email, "agency": spec.agency}
         return body, created
 

@@ -44,10 +44,19 @@ def iso(value: datetime) -> str:
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def user_ref(user_id: str, name: str, kind: str) -> Json:
+    """The contract's `User`: the one place its shape is written."""
+    return {"id": user_id, "name": name, "kind": kind}
+
+
 def user_json(user: User | None) -> Json | None:
     if user is None:
         return None
-    return {"id": user.ext_id, "name": user.name, "kind": user.kind}
+    return user_ref(user.ext_id, user.name, user.kind)
+
+
+# How far a user has read a thread: the marker's message id, 0 before any read.
+READ_UP_TO = func.coalesce(ReadMarker.message_id, literal(0))
 
 
 class MessageFields(Protocol):
@@ -121,7 +130,7 @@ _PAGE_AFTER = (
 
 
 def _row(row: Any) -> MessageRow:
-    author = {"id": row.author_id, "name": row.author_name, "kind": row.author_kind}
+    author = user_ref(row.author_id, row.author_name, row.author_kind)
     return MessageRow(row, author, row.candidate_id)
 
 
@@ -204,7 +213,7 @@ def _unread_columns(user_pk: int) -> tuple[Select[Any], Any, Any]:
     messages, never the whole history. Threads with nothing after the marker are skipped
     by `last_message_id` without touching `messages`.
     """
-    marker = func.coalesce(ReadMarker.message_id, literal(0))
+    marker = READ_UP_TO
     conditions = _unread_conditions(user_pk, marker)
     count = select(func.count()).where(*conditions).correlate(Thread, ReadMarker).scalar_subquery()
     newest = (
@@ -227,7 +236,7 @@ async def unread_by_thread(
     if not thread_ids:
         return {}
     base, count, _ = _unread_columns(user_pk)
-    marker = func.coalesce(ReadMarker.message_id, literal(0))
+    marker = READ_UP_TO
     query = base.with_only_columns(Thread.id, count).where(
         Thread.id.in_(list(thread_ids)), Thread.last_message_id > marker
     )
@@ -247,7 +256,7 @@ async def unread_threads(
 ) -> list[UnreadThread]:
     """Every visible thread of the actor with unread messages (optionally of one candidate)."""
     base, count, newest = _unread_columns(actor.pk)
-    marker = func.coalesce(ReadMarker.message_id, literal(0))
+    marker = READ_UP_TO
     query = base.with_only_columns(Thread.id, Thread.candidate_pk, count, newest).where(
         thread_visible(actor), Thread.last_message_id > marker
     )
@@ -261,7 +270,7 @@ def _unread_snapshot_query(kind: str) -> Select[Any]:
     """Every thread a user of this kind sees, unread or not: (thread id, candidate pk,
     candidate id, unread, last message id, marker). Parameters: u (user pk), o (org pk)."""
     actor = Actor(cast(int, bindparam("u")), cast(int, bindparam("o")), kind)
-    marker = func.coalesce(ReadMarker.message_id, literal(0))
+    marker = READ_UP_TO
     last = func.coalesce(Thread.last_message_id, literal(0))
     count = (
         select(func.count())

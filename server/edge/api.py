@@ -63,9 +63,7 @@ async def create_session(request: Request) -> Response:
     body = await read_json(request, SessionIn)
     s = services(request)
     who, exp = await authenticate_token(s.db, s.settings.secret, body.token)
-    response = JSONResponse(
-        {"user": {"id": who.user_id, "name": who.name, "kind": who.kind}, "org": who.org_id}
-    )
+    response = JSONResponse({"user": who.user_json(), "org": who.org_id})
     response.set_cookie(
         SESSION_COOKIE,
         body.token,
@@ -88,7 +86,7 @@ async def delete_session(request: Request) -> Response:
 
 async def me(request: Request) -> Response:
     who = await principal(request)
-    return JSONResponse({"id": who.user_id, "name": who.name, "kind": who.kind, "org": who.org_id})
+    return JSONResponse({**who.user_json(), "org": who.org_id})
 
 
 # --- candidates -----------------------------------------------------------------------
