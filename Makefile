@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint bench soak clean
+.PHONY: run test check lint bench soak clean
 
 $(VENV)/.base: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,11 +24,23 @@ run: $(VENV)/.base
 	$(BIN)/agency-messaging demo
 	AM_EMAIL_DELAY_SECONDS=$${AM_EMAIL_DELAY_SECONDS:-15} $(BIN)/agency-messaging serve --host $(HOST) --port $(PORT)
 
+# The whole suite, in parallel workers (each starts its own PostgreSQL and Redis), with
+# line coverage of the server's packages.
+WORKERS ?= 4
 test: $(VENV)/.dev
 	./tools/install-system-deps.sh
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(WORKERS) --dist loadfile --cov --cov-report=term-missing:skip-covered
+
+# The fast layer, in well under a minute: lint, types, and the unit tests (no database,
+# no server process, no browser).
+check: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q tests/unit
 
 # Benchmarks, never part of `make test`: `make bench` (full) or `make bench QUICK=1`.
 # It installs what it needs: PostgreSQL and Redis (Debian packages), matplotlib, and each

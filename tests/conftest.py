@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 from starlette.applications import Starlette
@@ -85,17 +86,27 @@ async def _truncate(url: str) -> None:
         await db.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A migrated, empty database of each kind."""
+def _fresh_database(request: pytest.FixtureRequest, directory: Path) -> str:
     if request.param == "sqlite":
         template: Path = request.getfixturevalue("sqlite_template")
-        path = tmp_path / "test.db"
+        path = directory / "test.db"
         shutil.copyfile(template, path)
         return f"sqlite+aiosqlite:///{path}"
     url: str = request.getfixturevalue("postgres_template")
     asyncio.run(_truncate(url))
     return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database of each kind."""
+    return _fresh_database(request, tmp_path)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def module_db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A migrated, empty database of each kind, shared by the tests of one module."""
+    return _fresh_database(request, tmp_path_factory.mktemp("module-db"))
 
 
 def make_settings(db_url: str, tmp_path: Path, **overrides: Any) -> Settings:
@@ -278,6 +289,21 @@ async def populate_world(api: Api) -> Api:
 async def world(api: Api) -> Api:
     """The org of `populate_world`, provisioned through the app's API."""
     return await populate_world(api)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_world(
+    module_db_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Api]:
+    """The org of `populate_world`, provisioned once per module (and database kind) for
+    tests that only read it or add things of their own. Such a module runs its tests in
+    the module's event loop: `pytestmark = pytest.mark.asyncio(loop_scope="module")`."""
+    settings = make_settings(module_db_url, tmp_path_factory.mktemp("shared-world"))
+    application = create_app(settings, auto_migrate=False)
+    async with LifespanManager(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield await populate_world(Api(client))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from channels import protocol
 from server.domain import errors
 
-DOC = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+DOC = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
 
 
 def _table_rows(first_header: str) -> list[list[str]]:

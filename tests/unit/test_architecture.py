@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("server", "channels", "storage", "mailer", "harness", "tests", "bench")
 
 # What each layer may import from the project (itself always included). A module belongs to
