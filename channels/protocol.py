@@ -13,7 +13,16 @@ import re
 from typing import Annotated, Any, Final, Literal
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    WithJsonSchema,
+)
 
 # --- value types --------------------------------------------------------------------------
 
@@ -57,7 +66,12 @@ def _client_id(value: str) -> str:
     return value
 
 
-HostId = Annotated[StrictStr, AfterValidator(_host_id)]
+# Checked by a function (for its error message); documented as the pattern it checks.
+HostId = Annotated[
+    StrictStr,
+    AfterValidator(_host_id),
+    WithJsonSchema({"type": "string", "pattern": f"^{HOST_ID.pattern}$"}),
+]
 Id = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
 Seq = Annotated[StrictInt, Field(ge=0, le=MAX_ID)]
 # The raw length bound (4 bytes a character) refuses a huge body before it is stripped.

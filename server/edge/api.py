@@ -16,7 +16,14 @@ from server.domain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from server.domain.facts import Principal
 from server.edge.http import JSONResponse, path_int, query_int, read_json
 from server.edge.origins import origin_allowed
-from server.edge.schemas import OpenThreadIn, ReadIn, SendIn, SessionIn
+from server.edge.schemas import (
+    MAX_CANDIDATE_PAGE,
+    MAX_MESSAGE_PAGE,
+    OpenThreadIn,
+    ReadIn,
+    SendIn,
+    SessionIn,
+)
 from server.edge.services import services
 from storage.models import Candidate
 
@@ -110,7 +117,7 @@ async def _visible_candidate(
 async def list_candidates(request: Request) -> Response:
     """The caller's candidates with their unread counts (an extension of the contract)."""
     who = await principal(request)
-    limit = query_int(request, "limit", low=1, high=500) or 100
+    limit = query_int(request, "limit", low=1, high=MAX_CANDIDATE_PAGE) or 100
     after = request.query_params.get("after") or None
     if after is not None and not HOST_ID.fullmatch(after):
         raise InvalidInput("after must be a candidate id.")
@@ -185,7 +192,7 @@ async def list_messages(request: Request) -> Response:
     thread_id = path_int(request, "id")
     before = query_int(request, "before", low=1, high=MAX_ID)
     after = query_int(request, "after", low=0, high=MAX_ID)
-    limit = query_int(request, "limit", low=1, high=100) or 50
+    limit = query_int(request, "limit", low=1, high=MAX_MESSAGE_PAGE) or 50
     if before is not None and after is not None:
         raise InvalidInput("Send before or after, not both.")
     async with services(request).db.read() as session:

@@ -1,313 +1,308 @@
-"""/openapi.json: the REST interface described from the same request models the server validates."""
+"""/openapi.json, generated: the table below lists each operation with its parameters,
+request model and response models, and pydantic writes every JSON Schema in it, so the
+document shows what the server validates. tests/test_openapi.py checks real answers against
+it and that it lists every route the app serves under /api."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server.edge import schemas
-from server.edge.http import JSONResponse
-
-Schema = dict[str, Any]
-
-USER: Schema = {
-    "type": "object",
-    "required": ["id", "name", "kind"],
-    "properties": {
-        "id": {"type": "string"},
-        "name": {"type": "string"},
-        "kind": {"type": "string", "enum": ["member", "agency"]},
-    },
-}
-MESSAGE: Schema = {
-    "type": "object",
-    "required": [
-        "id",
-        "thread",
-        "candidate",
-        "author",
-        "body",
-        "created_at",
-        "deleted",
-        "client_id",
-    ],
-    "properties": {
-        "id": {"type": "integer"},
-        "thread": {"type": "integer"},
-        "candidate": {"type": "string"},
-        "author": {"$ref": "#/components/schemas/User"},
-        "body": {"type": ["string", "null"]},
-        "created_at": {"type": "string", "format": "date-time"},
-        "deleted": {"type": "boolean"},
-        "client_id": {"type": ["string", "null"]},
-    },
-}
-THREAD: Schema = {
-    "type": "object",
-    "required": ["id", "candidate", "kind", "agency_user", "member", "unread", "last_message"],
-    "properties": {
-        "id": {"type": "integer"},
-        "candidate": {"type": "string"},
-        "kind": {"type": "string", "enum": ["agency", "private"]},
-        "agency_user": {"$ref": "#/components/schemas/User"},
-        "member": {"oneOf": [{"$ref": "#/components/schemas/User"}, {"type": "null"}]},
-        "unread": {"type": "integer", "minimum": 0},
-        "last_message": {"oneOf": [{"$ref": "#/components/schemas/Message"}, {"type": "null"}]},
-    },
-}
-ERROR: Schema = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-        }
-    },
-}
-
-
-def _obj(**properties: Schema) -> Schema:
-    return {"type": "object", "required": list(properties), "properties": properties}
-
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-CANDIDATE: Schema = _obj(
-    id={"type": "string"},
-    name={"type": "string"},
-    coordinator={"oneOf": [_ref("User"), {"type": "null"}]},
-    agency_users={"type": "array", "items": _ref("User")},
-    private_contacts={"type": "array", "items": _ref("User")},
-    unread={"type": "integer"},
-    seq={"type": "integer", "description": "The candidate's newest event seq (for /ws resume)."},
+from channels.protocol import HostId, Id, Seq
+from server.domain.errors import (
+    AppError,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+)
+from server.edge import responses as out
+from server.edge.http import JSONResponse, TooLarge
+from server.edge.schemas import (
+    CandidateIn,
+    CandidatePageLimit,
+    MessagePageLimit,
+    NamedIn,
+    NotificationsIn,
+    OpenThreadIn,
+    ReadIn,
+    SendIn,
+    SessionIn,
+    UserIn,
 )
 
-ID = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}
-INT_ID = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+Schema = dict[str, Any]
+Auth = Literal["none", "user", "service"]
+PLAIN_TEXT: Final = "text/plain"
+# What a status answers: a JSON model, plain text, or no body at all.
+Content = type[BaseModel] | Literal["text/plain"] | None
+
+# The type of each path parameter, by name (a path naming another one fails at import).
+PATH_PARAMETERS: Final[Mapping[str, Any]] = {
+    "org": HostId,
+    "agency": HostId,
+    "user": HostId,
+    "cand": HostId,
+    "id": Id,
+}
+
+# Any operation may answer these: the connection guard and the database can refuse any
+# request, and most take credentials and input.
+COMMON_ERRORS: Final[tuple[type[AppError], ...]] = (
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    TooLarge,
+    InvalidInput,
+    RateLimited,
+    Unavailable,
+)
+ERROR_TEXT: Final[Mapping[type[AppError], str]] = {
+    Unauthorized: "No valid credentials",
+    Forbidden: "The caller sees the thing but may not do this (or a failed Origin check)",
+    NotFound: "Absent, or not visible to the caller",
+    Conflict: "The request contradicts stored state",
+    TooLarge: "The request body is over 1 MiB",
+    InvalidInput: "Malformed input",
+    RateLimited: "Too many requests for now (see Retry-After)",
+    Unavailable: "A backing service does not answer; retry later",
+}
+# The error (and so the `code`) that each error status answers.
+ERROR_BY_STATUS: Final = {error.status: error for error in ERROR_TEXT}
+
+SECURITY: Final[Mapping[Auth, list[Schema]]] = {
+    "none": [],
+    "user": [{"userToken": []}, {"sessionCookie": []}],
+    "service": [{"serviceToken": []}],
+}
+SECURITY_SCHEMES: Final = {
+    "userToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+    "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "am_session"},
+    "serviceToken": {"type": "http", "scheme": "bearer"},
+}
 
 
-def _param(name: str, where: str = "path", schema: Schema | None = None) -> Schema:
-    return {"name": name, "in": where, "required": where == "path", "schema": schema or ID}
+@dataclass(frozen=True)
+class Operation:
+    """One row of the table: a route, and what it takes and answers."""
+
+    method: str
+    path: str
+    summary: str
+    auth: Auth
+    answers: Mapping[int, Content]  # the successes, and answers of their own
+    body: type[BaseModel] | None = None
+    query: Mapping[str, Any] = field(default_factory=dict)  # name -> type
+    errors: tuple[type[AppError], ...] = ()  # beyond COMMON_ERRORS
+
+    @property
+    def path_parameters(self) -> list[str]:
+        return [part[1:-1] for part in self.path.split("/") if part.startswith("{")]
+
+    @property
+    def responses(self) -> dict[int, Content]:
+        """Every documented status with what it answers."""
+        errors = {e.status: out.Error for e in (*COMMON_ERRORS, *self.errors)}
+        return dict(sorted({**errors, **self.answers}.items()))
 
 
-def _op(
-    summary: str,
-    *,
-    auth: str,
-    params: list[Schema] | None = None,
-    body: type[BaseModel] | None = None,
-    ok: tuple[int, Schema | None] = (200, None),
-    more: Mapping[int, Schema | None] | None = None,
-) -> Schema:
-    responses: dict[str, Any] = {}
-    for status, schema in {ok[0]: ok[1], **(more or {})}.items():
-        entry: Schema = {"description": "Success" if status < 300 else "See the error code"}
-        if schema is not None:
-            entry["content"] = {"application/json": {"schema": schema}}
-        responses[str(status)] = entry
-    for status in (401, 403, 404, 413, 422, 429, 503):
-        responses.setdefault(
-            str(status),
-            {"description": "Error", "content": {"application/json": {"schema": _ref("Error")}}},
-        )
-    op: Schema = {"summary": summary, "responses": responses, "parameters": params or []}
-    op["security"] = (
-        [{"userToken": []}, {"sessionCookie": []}]
-        if auth == "user"
-        else [{"serviceToken": []}]
-        if auth == "service"
-        else []
-    )
-    if body is not None:
-        op["requestBody"] = {
+def _upserted(model: type[BaseModel]) -> dict[int, Content]:
+    return {200: model, 201: model}  # 201 when the call created the record
+
+
+OPERATIONS: Final = (
+    Operation(
+        "POST",
+        "/api/v1/session",
+        "Trade a user token for a session cookie",
+        "none",
+        {200: out.Session},
+        body=SessionIn,
+    ),
+    Operation(
+        "DELETE", "/api/v1/session", "Sign out (drop the session cookie)", "none", {204: None}
+    ),
+    Operation("GET", "/api/v1/me", "The signed-in user", "user", {200: out.Me}),
+    Operation("PUT", "/api/v1/orgs/{org}", "Upsert an org", "service", _upserted(out.Org), NamedIn),
+    Operation(
+        "PUT",
+        "/api/v1/orgs/{org}/agencies/{agency}",
+        "Upsert an agency",
+        "service",
+        _upserted(out.Agency),
+        NamedIn,
+    ),
+    Operation(
+        "PUT",
+        "/api/v1/orgs/{org}/users/{user}",
+        "Upsert a member or agency user",
+        "service",
+        _upserted(out.ProvisionedUser),
+        UserIn,
+        errors=(Conflict,),
+    ),
+    Operation(
+        "PUT",
+        "/api/v1/orgs/{org}/candidates/{cand}",
+        "Upsert a candidate with its coordinator, access and agency users",
+        "service",
+        _upserted(out.ProvisionedCandidate),
+        CandidateIn,
+    ),
+    Operation(
+        "DELETE",
+        "/api/v1/orgs/{org}/candidates/{cand}",
+        "Erase a candidate with every thread and message",
+        "service",
+        {204: None},
+    ),
+    Operation(
+        "GET",
+        "/api/v1/candidates",
+        "The caller's candidates with unread counts",
+        "user",
+        {200: out.CandidateList},
+        query={"after": HostId, "limit": CandidatePageLimit},
+    ),
+    Operation(
+        "GET",
+        "/api/v1/candidates/{cand}",
+        "A candidate as the caller sees it",
+        "user",
+        {200: out.Candidate},
+    ),
+    Operation(
+        "GET",
+        "/api/v1/candidates/{cand}/threads",
+        "The caller's threads of a candidate",
+        "user",
+        {200: out.ThreadList},
+    ),
+    Operation(
+        "POST",
+        "/api/v1/candidates/{cand}/threads",
+        "Get or create a thread",
+        "user",
+        {200: out.Thread, 201: out.Thread},
+        OpenThreadIn,
+    ),
+    Operation(
+        "GET",
+        "/api/v1/threads/{id}/messages",
+        "A page of history, oldest first",
+        "user",
+        {200: out.MessagePage},
+        query={"before": Id, "after": Seq, "limit": MessagePageLimit},
+    ),
+    Operation(
+        "POST",
+        "/api/v1/threads/{id}/messages",
+        "Post a message (idempotent by client_id)",
+        "user",
+        {201: out.Message, 200: out.Message},
+        SendIn,
+    ),
+    Operation(
+        "POST",
+        "/api/v1/threads/{id}/read",
+        "Move the caller's read marker forward",
+        "user",
+        {200: out.UnreadCount},
+        ReadIn,
+    ),
+    Operation("DELETE", "/api/v1/messages/{id}", "Delete one's own message", "user", {204: None}),
+    Operation(
+        "GET",
+        "/api/v1/unread",
+        "The blue dots: candidates with unread messages",
+        "user",
+        {200: out.UnreadSummary},
+    ),
+    Operation(
+        "GET",
+        "/api/v1/me/notifications",
+        "The caller's email alert preferences",
+        "user",
+        {200: out.Notifications},
+    ),
+    Operation(
+        "PUT",
+        "/api/v1/me/notifications",
+        "Change email alert preferences (the fields sent replace the stored ones)",
+        "user",
+        {200: out.Notifications},
+        NotificationsIn,
+    ),
+    Operation("GET", "/healthz", "The process serves", "none", {200: out.Health}),
+    Operation(
+        "GET", "/readyz", "Database and broker answer", "none", {200: out.Ready, 503: out.NotReady}
+    ),
+    Operation("GET", "/metrics", "Prometheus metrics", "none", {200: PLAIN_TEXT}),
+)
+
+
+def _models() -> Iterator[type[BaseModel]]:
+    for op in OPERATIONS:
+        if op.body is not None:
+            yield op.body
+        for content in op.responses.values():
+            if isinstance(content, type):
+                yield content
+
+
+def _parameter(name: str, where: str, shape: Any) -> Schema:
+    schema = TypeAdapter(shape).json_schema()
+    return {"name": name, "in": where, "required": where == "path", "schema": schema}
+
+
+def _response(status: int, content: Content, refs: Mapping[Any, Schema]) -> Schema:
+    if status < 300:
+        answer: Schema = {"description": "Success"}
+    else:
+        error = ERROR_BY_STATUS[status]
+        answer = {"description": f"`{error.code}`: {ERROR_TEXT[error]}"}
+    if content == PLAIN_TEXT:
+        answer["content"] = {PLAIN_TEXT: {"schema": TypeAdapter(str).json_schema()}}
+    elif content is not None:
+        answer["content"] = {"application/json": {"schema": refs[content, "validation"]}}
+    return answer
+
+
+def _operation(op: Operation, refs: Mapping[Any, Schema]) -> Schema:
+    parameters = [_parameter(name, "path", PATH_PARAMETERS[name]) for name in op.path_parameters]
+    parameters += [_parameter(name, "query", shape) for name, shape in op.query.items()]
+    built: Schema = {"summary": op.summary, "parameters": parameters}
+    if op.body is not None:
+        body_schema = refs[op.body, "validation"]
+        built["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": body.model_json_schema()}},
+            "content": {"application/json": {"schema": body_schema}},
         }
-    return op
+    built["responses"] = {
+        str(status): _response(status, content, refs) for status, content in op.responses.items()
+    }
+    built["security"] = SECURITY[op.auth]
+    return built
 
 
 def build_spec() -> Schema:
-    cand, org = _param("cand"), _param("org")
-    thread_id = _param("id", schema=INT_ID)
-    paging = [
-        _param("before", "query", INT_ID),
-        _param("after", "query", {"type": "integer", "minimum": 0}),
-        _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 100}),
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        (model, "validation") for model in dict.fromkeys(_models())
     ]
-    upserted = {201: None}
-    paths: dict[str, Schema] = {
-        "/api/v1/session": {
-            "post": _op(
-                "Trade a user token for a session cookie", auth="none", body=schemas.SessionIn
-            ),
-            "delete": _op("Sign out (drop the session cookie)", auth="none", ok=(204, None)),
-        },
-        "/api/v1/me": {"get": _op("The signed-in user", auth="user")},
-        "/api/v1/orgs/{org}": {
-            "put": _op(
-                "Upsert an org", auth="service", params=[org], body=schemas.NamedIn, more=upserted
-            )
-        },
-        "/api/v1/orgs/{org}/agencies/{agency}": {
-            "put": _op(
-                "Upsert an agency",
-                auth="service",
-                params=[org, _param("agency")],
-                body=schemas.NamedIn,
-                more=upserted,
-            )
-        },
-        "/api/v1/orgs/{org}/users/{user}": {
-            "put": _op(
-                "Upsert a member or agency user",
-                auth="service",
-                params=[org, _param("user")],
-                body=schemas.UserIn,
-                more={**upserted, 409: _ref("Error")},
-            )
-        },
-        "/api/v1/orgs/{org}/candidates/{cand}": {
-            "put": _op(
-                "Upsert a candidate with its coordinator, access and agency users",
-                auth="service",
-                params=[org, cand],
-                body=schemas.CandidateIn,
-                more=upserted,
-            ),
-            "delete": _op(
-                "Erase a candidate with every thread and message",
-                auth="service",
-                params=[org, cand],
-                ok=(204, None),
-            ),
-        },
-        "/api/v1/candidates": {
-            "get": _op(
-                "The caller's candidates with unread counts",
-                auth="user",
-                params=[
-                    _param("after", "query"),
-                    _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 500}),
-                ],
-                ok=(
-                    200,
-                    _obj(
-                        candidates={
-                            "type": "array",
-                            "items": _obj(
-                                id={"type": "string"},
-                                name={"type": "string"},
-                                unread={"type": "integer"},
-                            ),
-                        },
-                        has_more={"type": "boolean"},
-                    ),
-                ),
-            )
-        },
-        "/api/v1/candidates/{cand}": {
-            "get": _op(
-                "A candidate as the caller sees it",
-                auth="user",
-                params=[cand],
-                ok=(200, _ref("Candidate")),
-            )
-        },
-        "/api/v1/candidates/{cand}/threads": {
-            "get": _op(
-                "The caller's threads of a candidate",
-                auth="user",
-                params=[cand],
-                ok=(200, _obj(threads={"type": "array", "items": _ref("Thread")})),
-            ),
-            "post": _op(
-                "Get or create a thread",
-                auth="user",
-                params=[cand],
-                body=schemas.OpenThreadIn,
-                ok=(200, _ref("Thread")),
-                more={201: _ref("Thread")},
-            ),
-        },
-        "/api/v1/threads/{id}/messages": {
-            "get": _op(
-                "A page of history, oldest first",
-                auth="user",
-                params=[thread_id, *paging],
-                ok=(
-                    200,
-                    _obj(
-                        messages={"type": "array", "items": _ref("Message")},
-                        has_more={"type": "boolean"},
-                    ),
-                ),
-            ),
-            "post": _op(
-                "Post a message (idempotent by client_id)",
-                auth="user",
-                params=[thread_id],
-                body=schemas.SendIn,
-                ok=(201, _ref("Message")),
-                more={200: _ref("Message")},
-            ),
-        },
-        "/api/v1/threads/{id}/read": {
-            "post": _op(
-                "Move the caller's read marker forward",
-                auth="user",
-                params=[thread_id],
-                body=schemas.ReadIn,
-                ok=(200, _obj(unread={"type": "integer"})),
-            )
-        },
-        "/api/v1/messages/{id}": {
-            "delete": _op(
-                "Delete one's own message", auth="user", params=[thread_id], ok=(204, None)
-            )
-        },
-        "/api/v1/unread": {
-            "get": _op(
-                "The blue dots: candidates with unread messages",
-                auth="user",
-                ok=(
-                    200,
-                    _obj(
-                        candidates={
-                            "type": "array",
-                            "items": _obj(
-                                candidate={"type": "string"},
-                                unread={"type": "integer"},
-                                latest=_ref("Message"),
-                            ),
-                        }
-                    ),
-                ),
-            )
-        },
-        "/api/v1/me/notifications": {
-            "get": _op(
-                "The caller's email alert preferences", auth="user", ok=(200, _ref("Notifications"))
-            ),
-            "put": _op(
-                "Change email alert preferences (the fields sent replace the stored ones)",
-                auth="user",
-                body=schemas.NotificationsIn,
-                ok=(200, _ref("Notifications")),
-            ),
-        },
-        "/healthz": {"get": _op("The process serves", auth="none")},
-        "/readyz": {"get": _op("Database and broker answer", auth="none")},
-        "/metrics": {"get": _op("Prometheus metrics", auth="none")},
-    }
+    refs, definitions = models_json_schema(models, ref_template="#/components/schemas/{model}")
+    paths: dict[str, Schema] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, refs)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -317,24 +312,7 @@ def build_spec() -> Schema:
             "The WebSocket protocol at /ws is described in docs/protocol.md.",
         },
         "paths": paths,
-        "components": {
-            "schemas": {
-                "User": USER,
-                "Message": MESSAGE,
-                "Thread": THREAD,
-                "Error": ERROR,
-                "Candidate": CANDIDATE,
-                "Notifications": _obj(
-                    muted={"type": "boolean", "description": "No alert emails at all."},
-                    muted_candidates={"type": "array", "items": ID},
-                ),
-            },
-            "securitySchemes": {
-                "userToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
-                "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "am_session"},
-                "serviceToken": {"type": "http", "scheme": "bearer"},
-            },
-        },
+        "components": {"schemas": definitions["$defs"], "securitySchemes": SECURITY_SCHEMES},
     }
 
 

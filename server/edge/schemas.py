@@ -1,14 +1,28 @@
-"""REST request bodies, validated with pydantic; their JSON Schemas also feed /openapi.json.
-The value types they share with WebSocket frames come from `channels.protocol`."""
+"""REST request bodies and parameters, validated with pydantic; their JSON Schemas also feed
+/openapi.json. The value types they share with WebSocket frames come from `channels.protocol`."""
 
 from __future__ import annotations
 
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+)
 
 from channels.protocol import Body, ClientId, HostId, Id, clean_text
+
+# The `limit` bounds of the list endpoints (tests/test_openapi.py probes both ends).
+MAX_MESSAGE_PAGE = 100
+MAX_CANDIDATE_PAGE = 500
+MessagePageLimit = Annotated[StrictInt, Field(ge=1, le=MAX_MESSAGE_PAGE)]
+CandidatePageLimit = Annotated[StrictInt, Field(ge=1, le=MAX_CANDIDATE_PAGE)]
 
 
 def _name(value: str) -> str:

@@ -1,0 +1,189 @@
+"""REST response bodies as pydantic models: /openapi.json documents them, and
+tests/test_openapi.py validates real answers against them (strictly, no extra field).
+
+The handlers still build plain dicts (server.domain.views writes the shared shapes); these
+models only describe them. The docstrings and descriptions appear in the document.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NonNegativeInt, StrictStr
+
+from channels.protocol import MAX_BODY_CHARS, ClientId, HostId, Id, Seq
+from server.edge.schemas import Email, Name
+
+UserKind = Literal["member", "agency"]
+MessageBody = Annotated[StrictStr, Field(max_length=MAX_BODY_CHARS)]
+
+
+class Output(BaseModel):
+    # Exact shapes: a field the code adds without documenting it fails the tests.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+class ErrorDetail(Output):
+    code: StrictStr = Field(description="Stable and machine-readable, e.g. `not_found`.")
+    message: StrictStr = Field(description="A sentence for a developer reading logs.")
+
+
+class Error(Output):
+    """Every error of the API."""
+
+    error: ErrorDetail
+
+
+# --- people and messages --------------------------------------------------------------------
+
+
+class User(Output):
+    id: HostId
+    name: Name
+    kind: UserKind
+
+
+class Me(User):
+    """The signed-in user and its org."""
+
+    org: HostId
+
+
+class Session(Output):
+    """The user the session cookie now signs in."""
+
+    user: User
+    org: HostId
+
+
+class Message(Output):
+    """A post in a thread; a deleted one is a tombstone (`deleted`, `body` null)."""
+
+    id: Id
+    thread: Id
+    candidate: HostId
+    author: User
+    body: MessageBody | None
+    created_at: AwareDatetime
+    deleted: bool
+    client_id: ClientId | None
+
+
+class MessagePage(Output):
+    """A page of history, oldest first."""
+
+    messages: list[Message]
+    has_more: bool = Field(description="More messages exist in the paging direction.")
+
+
+class Thread(Output):
+    id: Id
+    candidate: HostId
+    kind: Literal["agency", "private"]
+    agency_user: User
+    member: User | None = Field(description="The member of a private thread.")
+    unread: NonNegativeInt
+    last_message: Message | None
+
+
+class ThreadList(Output):
+    threads: list[Thread]
+
+
+class UnreadCount(Output):
+    """The thread's unread count after the marker moved."""
+
+    unread: NonNegativeInt
+
+
+# --- candidates -----------------------------------------------------------------------------
+
+
+class CandidateSummary(Output):
+    id: HostId
+    name: Name
+    unread: NonNegativeInt
+
+
+class CandidateList(Output):
+    candidates: list[CandidateSummary]
+    has_more: bool
+
+
+class Candidate(Output):
+    """A candidate as the caller sees it."""
+
+    id: HostId
+    name: Name
+    coordinator: User | None
+    agency_users: list[User]
+    private_contacts: list[User]
+    unread: NonNegativeInt
+    seq: Seq = Field(description="The candidate's newest event seq (for /ws resume).")
+
+
+class UnreadCandidate(Output):
+    candidate: HostId
+    unread: NonNegativeInt
+    latest: Message = Field(description="The candidate's newest unread message.")
+
+
+class UnreadSummary(Output):
+    """The blue dots: candidates with unread messages, newest activity first."""
+
+    candidates: list[UnreadCandidate]
+
+
+class Notifications(Output):
+    muted: bool = Field(description="No alert emails at all.")
+    muted_candidates: list[HostId]
+
+
+# --- provisioning: each answer repeats the stored values ------------------------------------
+
+
+class Org(Output):
+    id: HostId
+    name: Name
+
+
+class Agency(Output):
+    id: HostId
+    name: Name
+
+
+class ProvisionedUser(Output):
+    id: HostId
+    name: Name
+    kind: UserKind
+    email: Email
+    agency: HostId | None
+
+
+class ProvisionedCandidate(Output):
+    id: HostId
+    name: Name
+    coordinator: HostId | None
+    members: list[HostId]
+    agency_users: list[HostId]
+
+
+# --- operations -----------------------------------------------------------------------------
+
+
+class Health(Output):
+    status: Literal["ok"]
+
+
+class Ready(Output):
+    status: Literal["ok"]
+    checks: list[StrictStr] = Field(description="The checks that answered.")
+
+
+class NotReady(Output):
+    status: Literal["unavailable"]
+    failing: list[StrictStr] = Field(description="The checks that did not answer in time.")
+    error: ErrorDetail
