@@ -23,7 +23,7 @@ from starlette.routing import Route
 from server.app import create_app
 from server.settings import Settings
 from storage.database import Database
-from tests.conftest import SECRET, Api, make_settings, populate_world
+from tests.support.world import SECRET, Api, make_settings, populate_world
 
 # --- helpers --------------------------------------------------------------------------
 

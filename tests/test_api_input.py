@@ -11,7 +11,7 @@ import jwt
 import pytest
 import pytest_asyncio
 
-from tests.conftest import SECRET, SERVICE_TOKEN, Api
+from tests.support.world import SECRET, SERVICE_TOKEN, Api
 
 # --- helpers --------------------------------------------------------------------------
 

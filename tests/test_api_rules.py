@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Api
+from tests.support.world import Api
 
 ACME, OTHER = "acme", "other"
 CAND = "c1"

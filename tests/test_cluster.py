@@ -11,24 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import subprocess
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import websockets
 
-from harness.services import PostgresServer, RedisServer, ServerProcess
+from harness.services import PostgresServer, RedisServer
 from server.domain.auth import make_user_token
-from tests.conftest import SECRET, SERVICE_TOKEN, Api, migrate_database
-from tests.support.realtime import WsClient
+from tests.support.cluster import Client, Cluster, Lost, request_or_lost
+from tests.support.world import SECRET, SERVICE_TOKEN, Api, migrate_database
 
 ORG = "clu"
 MEMBERS = ("coord", "mem")
@@ -37,43 +33,6 @@ CANDIDATES = ("c1", "lat", "res", "out", "term", "kill")
 
 
 # --- the cluster --------------------------------------------------------------------------
-
-
-@dataclass
-class Cluster:
-    env: dict[str, str]
-    workdir: Path
-    redis: RedisServer
-    nodes: dict[str, ServerProcess] = field(default_factory=dict)
-    retired: list[ServerProcess] = field(default_factory=list)
-
-    def url(self, name: str) -> str:
-        return self.nodes[name].url
-
-    def start_node(self, name: str) -> None:
-        old = self.nodes.get(name)
-        if old is not None:
-            old.stop()
-            self.retired.append(old)
-        node = ServerProcess.start(self.env, self.workdir)
-        self.nodes[name] = node
-        node.wait_ready()
-
-    def ensure_running(self) -> None:
-        for name, node in list(self.nodes.items()):
-            if node.process is None or node.process.poll() is not None:
-                self.start_node(name)
-
-    def logs(self) -> str:
-        parts = []
-        for label, node in [*self.nodes.items(), *(("old", n) for n in self.retired)]:
-            parts.append(f"===== node {label} ({node.url}) =====\n{node.log()}")
-        return "\n".join(parts)
-
-    def stop(self) -> None:
-        for node in [*self.nodes.values(), *self.retired]:
-            node.stop()
-        self.redis.stop()
 
 
 async def _provision(base_url: str) -> None:
@@ -135,63 +94,10 @@ def token(user: str) -> str:
 # --- clients ------------------------------------------------------------------------------
 
 
-class Client(WsClient):
-    """A WsClient that also notes when each frame arrived (time.perf_counter())."""
-
-    def __init__(self, socket: websockets.ClientConnection) -> None:
-        self.arrivals: list[float] = []
-        super().__init__(socket)
-
-    async def _read(self) -> None:
-        with contextlib.suppress(websockets.ConnectionClosed):
-            async for raw in self.socket:
-                now = time.perf_counter()
-                frame = json.loads(raw)
-                self.frames.append(frame)
-                self.arrivals.append(now)
-                ref = frame.get("ref")
-                if frame.get("type") in ("ack", "error", "pong") and ref in self._answers:
-                    self._answers.pop(ref).set_result(frame)
-                else:
-                    await self.events.put(frame)
-
-    def created(self, candidate: str) -> list[dict[str, Any]]:
-        return [
-            f
-            for f in self.frames
-            if f.get("type") == "message.created" and f.get("candidate") == candidate
-        ]
-
-    def last_seq(self, candidate: str, floor: int) -> int:
-        seqs = [
-            f["seq"]
-            for f in self.frames
-            if f.get("type", "").startswith("message.") and f.get("candidate") == candidate
-        ]
-        return max([floor, *seqs])
-
-
 async def connect(base_url: str, user: str) -> Client:
     client = await Client.connect(base_url, token(user))
     assert isinstance(client, Client)
     return client
-
-
-class Lost(Exception):
-    """The connection went away before the answer came."""
-
-
-async def request_or_lost(client: Client, op: str, **fields: Any) -> dict[str, Any]:
-    request = asyncio.create_task(client.request(op, timeout=15, **fields))
-    await asyncio.wait({request, client._reader}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
-    if not request.done():  # an answer read just before the close still counts
-        await asyncio.wait({request}, timeout=0.2)
-    if request.done() and request.exception() is None:
-        return request.result()
-    request.cancel()
-    with contextlib.suppress(BaseException):
-        await request
-    raise Lost(f"{op}: connection closed, code {client.socket.close_code}")
 
 
 async def subscribe(client: Client, candidate: str, after: int | None = None) -> dict[str, Any]:

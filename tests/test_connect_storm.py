@@ -15,8 +15,8 @@ private Redis (as in tests/test_cluster.py). Nothing asserts a duration: the bou
 generous liveness bounds that catch a hang; the wave and Redis figures are printed
 (pytest -s shows them).
 
-The org is test_faults' own (`ORG`): its `Follower` and `Poster`, reused here, make their
-tokens for it. Each process here has a database of its own.
+The org is `ORG` of tests/support/delivery.py (test_faults uses it too): the `Follower` and
+`Poster` from there make their tokens for it. Each process here has a database of its own.
 """
 
 from __future__ import annotations
@@ -46,10 +46,8 @@ import pytest
 import websockets
 
 from harness.services import PostgresServer, RedisServer, ServerProcess
-from tests.conftest import SECRET, SERVICE_TOKEN, Api, migrate_database
-from tests.test_cluster import Client, Cluster
-from tests.test_connection_guard import metric
-from tests.test_faults import (
+from tests.support.cluster import Client, Cluster
+from tests.support.delivery import (
     ORG,
     Follower,
     Poster,
@@ -60,10 +58,12 @@ from tests.test_faults import (
     token,
     wait_readyz,
 )
+from tests.support.metrics import metric
+from tests.support.world import SECRET, SERVICE_TOKEN, Api, migrate_database
 
 BOSS = "boss"  # coordinator of every candidate; posts by REST, never opens a socket
 AGENT = "ann"  # the agency user of the candidates no single agency user owns; never connects
-READER = "mem"  # a member of every candidate, never connects: test_faults.history reads as it
+READER = "mem"  # a member of every candidate, never connects: support.delivery.history reads as it
 HEAVY_MEMBERS = 3
 SOCKETS_PER_HEAVY = 50
 SINGLE_MEMBERS = 25

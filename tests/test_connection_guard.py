@@ -31,8 +31,9 @@ from server.domain.auth import make_user_token
 from server.edge.guard import ConnectionGuard, scan_head
 from server.edge.serving import ClientFaultFilter
 from server.settings import ConfigError, GuardLimits, Settings, parse_networks
-from tests.conftest import SECRET, SERVICE_TOKEN, Api, make_settings, populate_world
+from tests.support.metrics import metric
 from tests.support.realtime import WsClient, serve
+from tests.support.world import SECRET, SERVICE_TOKEN, Api, make_settings, populate_world
 
 UPGRADE = (
     b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -171,17 +172,8 @@ def token(user: str, org: str = "acme") -> str:
     return make_user_token(SECRET, org, user)
 
 
-def metric(server: ServerProcess, sample: str) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=READ_BOUND).text
-    for line in text.splitlines():
-        name, _, value = line.rpartition(" ")
-        if name == sample:
-            return float(value)
-    return 0.0
-
-
 def refused_metric(server: ServerProcess, reason: str) -> float:
-    return metric(server, f'am_connections_refused_total{{reason="{reason}"}}')
+    return metric(server, f'am_connections_refused_total{{reason="{reason}"}}', READ_BOUND)
 
 
 # --- oversized heads: 431 at once ---------------------------------------------------------

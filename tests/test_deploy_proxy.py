@@ -39,8 +39,8 @@ import websockets
 
 from harness.services import PostgresServer, RedisServer, ServerProcess, free_port
 from server.domain.auth import make_user_token
-from tests.conftest import SECRET, SERVICE_TOKEN, Api, migrate_database
 from tests.support.realtime import WsClient
+from tests.support.world import SECRET, SERVICE_TOKEN, Api, migrate_database
 
 pytestmark = pytest.mark.postgres
 

@@ -44,9 +44,9 @@ from server.domain.facts import AlertAccess
 from server.edge.services import Services
 from server.settings import Settings
 from storage.models import EmailOutbox, User, utcnow
-from tests.conftest import SECRET, SERVICE_TOKEN, Api, make_settings
 from tests.support.realtime import WsClient, serve
 from tests.support.smtp import Received, SmtpServer
+from tests.support.world import SECRET, SERVICE_TOKEN, Api, make_settings
 
 ORG = "acme"
 ANN = "ann@ag.example"

@@ -27,8 +27,8 @@ from sqlalchemy import select
 from harness.services import VENV_BIN, PostgresServer, RedisServer, ServerProcess
 from storage.database import Database
 from storage.models import EmailOutbox
-from tests.conftest import SECRET, SERVICE_TOKEN, Api, migrate_database
 from tests.support.smtp import Received, SmtpServer
+from tests.support.world import SECRET, SERVICE_TOKEN, Api, migrate_database
 
 ORG = "mail"
 PAIRS = 10

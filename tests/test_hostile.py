@@ -50,8 +50,8 @@ from schemathesis.specs.openapi.checks import (
 
 from mailer.compose import Alert, AlertLine, compose
 from server.edge.openapi import build_spec
-from tests.conftest import SERVICE_TOKEN, Api
 from tests.support.realtime import WsClient
+from tests.support.world import SERVICE_TOKEN, Api
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 ERROR_CODES = {"invalid", "unauthorized", "forbidden", "not_found", "rate_limited"}

@@ -51,7 +51,7 @@ from server.edge.schemas import (
     UserIn,
 )
 from server.edge.services import Services
-from tests.conftest import Api, make_settings
+from tests.support.world import Api, make_settings
 
 BY_ROUTE = {(op.method, op.path): op for op in OPERATIONS}
 Reached = tuple[str, str, int]  # method, path template, status

@@ -50,7 +50,6 @@ from starlette.applications import Starlette
 
 from server.settings import Settings
 from storage.models import EmailOutbox, Org, User
-from tests.conftest import Api, make_settings
 from tests.support.oracle_model import (
     AGENCIES,
     AGENCY,
@@ -73,6 +72,7 @@ from tests.support.oracle_model import (
     kind_of,
 )
 from tests.support.realtime import WsClient
+from tests.support.world import Api, make_settings
 
 # Examples per database (about 20 s on SQLite and 30 s on PostgreSQL on a 2-core machine);
 # AM_ORACLE_EXAMPLES=200 for a longer search.

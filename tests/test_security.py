@@ -102,9 +102,9 @@ from harness.services import free_port
 from mailer.preferences import unsubscribe_token
 from server.app import create_app
 from server.settings import ConfigError, Settings
-from tests.conftest import SECRET, SERVICE_TOKEN, Api, populate_world
 from tests.support.realtime import WsClient, serve
-from tests.test_ws_protocol import closed_with, custom_server, refused, user_token
+from tests.support.world import SECRET, SERVICE_TOKEN, Api, populate_world
+from tests.support.ws import closed_with, custom_server, refused, user_token
 
 TESTS = Path(__file__).resolve().parent
 COMMAND = str(TESTS.parent / ".venv" / "bin" / "agency-messaging")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import Api
+from tests.support.world import Api
 
 
 async def test_conversation_round_trip(world: Api) -> None:

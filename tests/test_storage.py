@@ -39,7 +39,7 @@ from storage.models import (
     Thread,
     User,
 )
-from tests.conftest import Api
+from tests.support.world import Api
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

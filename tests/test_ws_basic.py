@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import websockets
 
-from tests.conftest import Api
 from tests.support.realtime import WsClient
+from tests.support.world import Api
 
 
 async def test_live_message_reaches_other_side(world: Api, live: str) -> None:

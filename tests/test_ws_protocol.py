@@ -7,86 +7,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import socket
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
-import pytest
 import websockets
-from asgi_lifespan import LifespanManager
-from starlette.applications import Starlette
 
 from channels.connection import ConnectionLimits
-from server.app import create_app
-from tests.conftest import SECRET, Api, make_settings, populate_world
-from tests.support.realtime import WsClient, serve
+from tests.support.realtime import WsClient
+from tests.support.world import Api
+from tests.support.ws import closed_with, custom_server, refused, user_token, ws_url
 
 MESSAGE_EVENTS = ("message.created", "message.deleted")
 
 
 # --- helpers ------------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    app: Starlette
-    api: Api
-    url: str
-
-    async def metric(self, name: str, **labels: str) -> float:
-        response = await self.api.client.get("/metrics")
-        assert response.status_code == 200
-        return metric_value(response.text, name, **labels)
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = re.escape(name + ("{" + wanted + "}" if wanted else "")) + r" ([0-9.e+-]+)"
-    found = re.search(pattern, text)
-    return float(found.group(1)) if found else 0.0
-
-
-@contextlib.asynccontextmanager
-async def custom_server(
-    db_url: str, tmp_path: Path, *, limits: ConnectionLimits | None = None, **overrides: Any
-) -> AsyncIterator[Server]:
-    """An app with other settings or limits, populated like `world`, served by uvicorn."""
-    settings = make_settings(db_url, tmp_path, **overrides)
-    app = create_app(settings, auto_migrate=False, limits=limits)
-    async with LifespanManager(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            api = await populate_world(Api(client))
-            async with serve(app, lifespan="off") as url:
-                yield Server(app, api, url)
-
-
-def ws_url(base: str) -> str:
-    return base.replace("http://", "ws://") + "/ws"
-
-
-def user_token(org: str, user: str, exp: float) -> str:
-    return jwt.encode({"org": org, "sub": user, "exp": int(exp)}, SECRET, algorithm="HS256")
-
-
-async def refused(base: str, **headers: str) -> int:
-    """Tries a handshake that must be refused; returns the HTTP status it got."""
-    with pytest.raises(websockets.InvalidStatus) as caught:
-        socket_ = await websockets.connect(ws_url(base), additional_headers=headers)
-        await socket_.close()
-    return caught.value.response.status_code
-
-
-async def closed_with(client: WsClient, timeout: float = 5.0) -> int | None:
-    """Waits until the server closed the socket; returns the close code it sent."""
-    await asyncio.wait_for(client.socket.wait_closed(), timeout)
-    return client.socket.close_code
 
 
 def message_frames(client: WsClient) -> list[dict[str, Any]]:

@@ -13,8 +13,8 @@ from server.domain.eventlog import prune_events
 from server.settings import Settings
 from storage.database import Database
 from storage.models import Candidate, Event, Org, utcnow
-from tests.conftest import Api
 from tests.support.realtime import WsClient
+from tests.support.world import Api
 
 MESSAGE_EVENTS = ("message.created", "message.deleted")
 
