@@ -33,14 +33,10 @@ HOST_ID: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # the host ATS's ids of or
 
 
 def clean_text(value: str) -> str:
-    """Text that every store can hold: PostgreSQL text cannot hold NUL, and lone surrogates
-    are not encodable as UTF-8."""
+    """Text that every store can hold: PostgreSQL text cannot hold NUL. (Lone surrogates,
+    which UTF-8 cannot encode, are refused by pydantic's own string validation.)"""
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode text") from None
     return value
 
 

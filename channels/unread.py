@@ -27,9 +27,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from channels import envelope, protocol
+from channels.interfaces import UserKey
 
 RESYNC = (0, 0)  # in a set of touched threads: send the user's whole unread summary
-UserKey = tuple[int, int]  # (org_pk, user_pk)
 
 
 @dataclass(frozen=True, slots=True)

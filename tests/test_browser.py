@@ -13,14 +13,14 @@ import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, Route, async_playwright, expect
+from playwright.async_api import Browser, Request, Route, async_playwright, expect
 
 from harness.services import ServerProcess, free_port
 from server.app import create_app
-from tests.conftest import SECRET, SERVICE_TOKEN, make_settings
 from tests.support.browser import (
     ARTIFACTS,
     CANDIDATE,
@@ -45,6 +45,7 @@ from tests.support.browser import (
     write,
 )
 from tests.support.realtime import serve
+from tests.support.world import SECRET, SERVICE_TOKEN, make_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -127,6 +128,61 @@ async def test_message_reaches_the_agency_user_live_and_reading_clears_unread_ev
     await expect(bubble(ann_second_tab)).to_have_accessible_name("Messages", timeout=SHORT)
     # The author never had anything unread.
     await expect(bubble(coord)).to_have_accessible_name("Messages")
+
+
+def is_unread_summary(request: Request) -> bool:
+    return urlsplit(request.url).path == "/api/v1/unread"
+
+
+async def test_the_unread_line_moves_with_socket_frames_without_asking_the_server_again(
+    site: Site,
+) -> None:
+    """The top bar's line loads GET /api/v1/unread once; after that, messages arriving in
+    two threads and reading them one after the other move it from the frames alone."""
+    agency = await site.thread_of("coord", {"agency_user": "ann", "private": False})
+    await site.send("coord", agency["id"], "Sent before the page opened")
+    ann = await site.page("ann")
+    await expect(unread_line(ann)).to_contain_text("Sent before the page opened")
+    summary_requests: list[str] = []
+    ann.on("request", lambda r: summary_requests.append(r.url) if is_unread_summary(r) else None)
+
+    private = await site.thread_of("coord", {"agency_user": "ann", "private": True})
+    await site.send("coord", private["id"], "A private word")
+    await expect(unread_line(ann)).to_contain_text(
+        f"New message from {name('coord')}: A private word", timeout=SHORT
+    )
+    await site.send("mem", agency["id"], "The newest one, in the agency thread")
+    await expect(unread_line(ann)).to_contain_text(
+        f"New message from {name('mem')}: The newest one, in the agency thread", timeout=SHORT
+    )
+    await expect(bubble(ann)).to_have_accessible_name("Messages, 3 unread", timeout=SHORT)
+
+    # The dialog opens on the agency thread and reads it: the private message is then the
+    # newest unread one. Reading that too clears the line.
+    await open_messages(ann)
+    await expect(message_item(ann, "The newest one, in the agency thread")).to_be_visible()
+    await expect(unread_line(ann)).to_contain_text(
+        f"New message from {name('coord')}: A private word", timeout=SHORT
+    )
+    await tab(ann, f"Private: {name('coord')}").click()
+    await expect(unread_line(ann)).to_be_empty(timeout=SHORT)
+    await expect(bubble(ann)).to_have_accessible_name("Messages", timeout=SHORT)
+
+    # With the dialog closed the line comes back live, and opening the dialog from the line
+    # (on the private thread, still selected) clears it again.
+    await ann.keyboard.press("Escape")
+    await site.send("coord", private["id"], "One more thing")
+    await expect(unread_line(ann)).to_contain_text("One more thing", timeout=SHORT)
+    await unread_line(ann).get_by_role("button").click()
+    await expect(message_item(ann, "One more thing")).to_be_visible()
+    await expect(unread_line(ann)).to_be_empty(timeout=SHORT)
+
+    assert summary_requests == [], "the line asked the server again on a frame"
+    # The same listener does see the line's own load: a reload asks once.
+    async with ann.expect_request(is_unread_summary):
+        await ann.reload()
+    await ready(ann)
+    await expect(unread_line(ann)).to_be_empty()
 
 
 # --- 2. delete through the dot menu ------------------------------------------------------

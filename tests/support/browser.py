@@ -24,7 +24,7 @@ from playwright.async_api import (
 )
 
 from server.domain.auth import make_user_token
-from tests.conftest import SECRET, Api
+from tests.support.world import SECRET, Api
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -73,10 +73,13 @@ export class MessagingClient extends EventTarget {
     this.connected = true;
     this.backoff = BACKOFF_MIN_MS;
     this.pingTimer = setInterval(() => this.request({ op: "ping" }).catch(() => {}), PING_EVERY_MS);
-    for (const candidate of this.subscriptions.keys()) this.resubscribe(candidate);
+    const resumed = [...this.subscriptions.keys()].map((candidate) => this.resubscribe(candidate));
     const waiting = this.outbox.splice(0);
     for (const item of waiting) this.request(item.frame).then(item.resolve, item.reject);
-    this.emit("connected", {});
+    // `connected` means resumed too: a view that reloads over REST on it then reads a state
+    // that every later event moves on from, with none missed in between.
+    await Promise.all(resumed);
+    if (socket === this.socket && this.connected) this.emit("connected", {});
   }
 
   onClose(socket, event) {
@@ -154,9 +157,11 @@ export class MessagingClient extends EventTarget {
 
   // --- subscriptions and ops -----------------------------------------------------------
 
+  // Settles once the server has answered the subscribe: now, or after the next connect.
   async subscribe(candidate) {
     if (!this.subscriptions.has(candidate)) this.subscriptions.set(candidate, null);
     if (this.connected) await this.resubscribe(candidate);
+    else await new Promise((resolve) => this.addEventListener("connected", resolve, { once: true }));
   }
 
   async resubscribe(candidate) {

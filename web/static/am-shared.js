@@ -1,0 +1,82 @@
+// What the elements on one page share: the one socket client, the signed-in user, the
+// candidates they follow, and small DOM helpers. Every piece of user text is set with
+// textContent: never parsed as HTML.
+
+import { api, client } from "./am-client.js";
+
+export { api, client };
+
+let mePromise = null;
+
+// The signed-in user, asked for once per page.
+export function me() {
+  if (!mePromise) {
+    mePromise = api("/api/v1/me");
+    mePromise.catch(() => { mePromise = null; }); // a failed ask is asked again next time
+  }
+  return mePromise;
+}
+
+// Several elements may follow one candidate (the line and the dialog of a profile page):
+// the socket subscribes with the first and unsubscribes after the last.
+const followers = new Map(); // candidate -> {count, joined}
+
+export function follow(candidate) {
+  const entry = followers.get(candidate) ?? { count: 0, joined: null };
+  if (entry.count === 0) entry.joined = client().subscribe(candidate);
+  entry.count += 1;
+  followers.set(candidate, entry);
+  let following = true;
+  return {
+    joined: entry.joined, // settles once the server has answered the subscribe
+    stop() {
+      if (!following) return;
+      following = false;
+      entry.count -= 1;
+      if (entry.count > 0) return;
+      followers.delete(candidate);
+      client().unsubscribe(candidate);
+    },
+  };
+}
+
+// Adds listeners for {type: handler}; returns the function that removes them all.
+export function listen(target, handlers) {
+  for (const [type, handler] of Object.entries(handlers)) target.addEventListener(type, handler);
+  return () => {
+    for (const [type, handler] of Object.entries(handlers)) target.removeEventListener(type, handler);
+  };
+}
+
+// The "new message" line asks the candidate's <agency-messages> to open its dialog.
+const OPEN_REQUEST = "agency-messages:open";
+
+export function requestOpen(candidate) {
+  document.dispatchEvent(new CustomEvent(OPEN_REQUEST, { detail: { candidate } }));
+}
+
+export function onOpenRequest(candidate, open) {
+  return listen(document, { [OPEN_REQUEST]: (e) => e.detail.candidate === candidate && open() });
+}
+
+// A part of a dialog tells the dialog what to say in its status line.
+export function announce(part, text) {
+  part.dispatchEvent(new CustomEvent("am-status", { bubbles: true, detail: text }));
+}
+
+export function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) {
+    if (value === false || value === null || value === undefined) continue;
+    if (key === "text") node.textContent = value;
+    else if (key === "class") node.className = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? "" : value);
+  }
+  node.append(...children.filter((c) => c !== null && c !== undefined));
+  return node;
+}
+
+export function blueDot(attributes = {}) {
+  return el("span", { class: "blue-dot", "aria-hidden": "true", ...attributes });
+}
