@@ -181,7 +181,7 @@ class UnreadTracker:
         out: dict[UserKey, list[str]] = {}
         for user, items in list(self.touched.items()):
             counts = self._users.get(user)
-            if counts is None:
+            if counts is None:  # pragma: no cover - forget() drops counts and touched together
                 del self.touched[user]
                 continue
             if not counts.loaded:

@@ -192,6 +192,8 @@ class Messaging:
         return payload, True
 
     async def _by_client_id(self, who: Principal, client_id: str) -> MessageRow | None:
+        """The author's message with this client_id, if its author may still read it where
+        it is (as for a repeat found inside the transaction)."""
         async with self.db.read() as session:
             message_id = await session.scalar(
                 select(Message.id).where(
@@ -200,7 +202,12 @@ class Messaging:
             )
             if message_id is None:
                 return None
-            return (await messages_by_id(session, [message_id])).get(message_id)
+            row = (await messages_by_id(session, [message_id])).get(message_id)
+            if row is not None:
+                conn = await session.connection()
+                original = await facts.thread_target(conn, who.actor, row.message.thread_id)
+                rules.check_read(who.actor, original.access, original.ref)
+            return row
 
     async def delete(self, who: Principal, message_id: int) -> None:
         """Erases a message's text and leaves a tombstone. Deleting a tombstone is a no-op."""
