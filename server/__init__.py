@@ -2,7 +2,7 @@
 them to storage, channels and the mailer.
 
 Layers, lowest first; a module imports only from its own layer and the layers below
-(checked by tests/test_architecture.py):
+(checked by tests/unit/test_architecture.py):
 
     storage, channels     persistence; real-time delivery (neither imports anything above)
     mailer                email alerts; asks the domain only through interfaces handed to it

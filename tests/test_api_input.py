@@ -51,7 +51,7 @@ async def put_raw(api: Api, path: str, body: Any) -> httpx.Response:
     return await api.client.put(f"/api/v1/orgs/{path}", json=body, headers=api.service)
 
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.xdist_group("api_input")]
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ from tests.support.browser import (
 from tests.support.realtime import serve
 from tests.support.world import SECRET, SERVICE_TOKEN, make_settings
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.xdist_group("browser")]
 
 SHORT = 5_000  # ms: what "live" may take here, far above what it takes in practice
 RECONNECT = 30_000  # ms: reconnection backs off exponentially while the server is down

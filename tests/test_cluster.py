@@ -26,6 +26,9 @@ from server.domain.auth import make_user_token
 from tests.support.cluster import Client, Cluster, Lost, request_or_lost
 from tests.support.world import SECRET, SERVICE_TOKEN, Api, migrate_database
 
+# Its tests share module-scoped fixtures: one worker runs them all.
+pytestmark = pytest.mark.xdist_group("cluster")
+
 ORG = "clu"
 MEMBERS = ("coord", "mem")
 AGENT = "ann"

@@ -61,6 +61,9 @@ from tests.support.delivery import (
 from tests.support.metrics import metric
 from tests.support.world import SECRET, SERVICE_TOKEN, Api, migrate_database
 
+# Its tests share module-scoped fixtures: one worker runs them all.
+pytestmark = pytest.mark.xdist_group("connect_storm")
+
 BOSS = "boss"  # coordinator of every candidate; posts by REST, never opens a socket
 AGENT = "ann"  # the agency user of the candidates no single agency user owns; never connects
 READER = "mem"  # a member of every candidate, never connects: support.delivery.history reads as it

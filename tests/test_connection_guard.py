@@ -35,6 +35,9 @@ from tests.support.metrics import metric
 from tests.support.realtime import WsClient, serve
 from tests.support.world import SECRET, SERVICE_TOKEN, Api, make_settings, populate_world
 
+# Its tests share module-scoped fixtures: one worker runs them all.
+pytestmark = pytest.mark.xdist_group("connection_guard")
+
 UPGRADE = (
     b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"

@@ -42,7 +42,7 @@ from server.domain.auth import make_user_token
 from tests.support.realtime import WsClient
 from tests.support.world import SECRET, SERVICE_TOKEN, Api, migrate_database
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.xdist_group("deploy_proxy")]
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE_CONF = ROOT / "deploy" / "nginx" / "agency-messaging.conf"

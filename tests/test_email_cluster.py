@@ -30,6 +30,9 @@ from storage.models import EmailOutbox
 from tests.support.smtp import Received, SmtpServer
 from tests.support.world import SECRET, SERVICE_TOKEN, Api, migrate_database
 
+# Its tests share module-scoped fixtures: one worker runs them all.
+pytestmark = pytest.mark.xdist_group("email_cluster")
+
 ORG = "mail"
 PAIRS = 10
 SENT_LINE = re.compile(r"Alert (\d+) sent \(")

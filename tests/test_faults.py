@@ -53,6 +53,9 @@ from tests.support.delivery import (
 from tests.support.smtp import SmtpServer
 from tests.support.world import SECRET, SERVICE_TOKEN, Api, migrate_database
 
+# Its tests share module-scoped fixtures: one worker runs them all.
+pytestmark = pytest.mark.xdist_group("faults")
+
 MEMBERS = ("coord", "mem")
 AGENT = "ann"
 KILL_CANDIDATES = ("k1", "k2", "k3")

@@ -3,7 +3,7 @@ the state where, before its fix, it looped without ever yielding to the event lo
 scenario runs on a thread of its own, so a frozen loop fails its test instead of hanging
 the suite (the bound is never reached by a loop that works; it is not a measure of speed).
 
-The connect that found a finished shared read is in tests/test_hub_unread.py.
+The connect that found a finished shared read is in tests/unit/test_hub_unread.py.
 """
 
 from __future__ import annotations

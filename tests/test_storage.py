@@ -41,6 +41,9 @@ from storage.models import (
 )
 from tests.support.world import Api
 
+# Its tests share module-scoped fixtures: one worker runs them all.
+pytestmark = pytest.mark.xdist_group("storage")
+
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def fresh_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
