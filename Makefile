@@ -34,8 +34,8 @@ test: $(VENV)/.dev
 	$(BIN)/mypy
 	$(BIN)/pytest -n $(WORKERS) --dist loadgroup --cov --cov-report=term-missing:skip-covered
 
-# The fast layer, in well under a minute: lint, types, and the unit tests (no database,
-# no server process, no browser).
+# The fast layer, in well under a minute: lint, types, and the unit tests (no database
+# server, no server process, no browser; SQLite files at most).
 check: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

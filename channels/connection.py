@@ -14,7 +14,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from channels.protocol import CLOSE_TOO_SLOW
+from channels.interfaces import UserKey
+from channels.protocol import CLOSE_TOO_SLOW, MAX_FRAME_BYTES
 
 _ids = itertools.count(1)
 _process_tag = f"{os.getpid():x}"
@@ -24,7 +25,7 @@ _process_tag = f"{os.getpid():x}"
 class ConnectionLimits:
     """Per-connection limits, with safe defaults."""
 
-    max_frame_bytes: int = 64 * 1024
+    max_frame_bytes: int = MAX_FRAME_BYTES
     send_queue_frames: int = 1024
     idle_timeout_seconds: float = 120.0
     replay_put_timeout_seconds: float = 30.0
@@ -56,7 +57,7 @@ class Connection:
         self.close_reason = ""
 
     @property
-    def user_key(self) -> tuple[int, int]:
+    def user_key(self) -> UserKey:
         return (self.org_pk, self.user_pk)
 
     @property

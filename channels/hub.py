@@ -28,7 +28,7 @@ from typing import Protocol
 
 from channels import envelope, protocol
 from channels.connection import Connection, Subscription
-from channels.interfaces import Broker, Presence
+from channels.interfaces import Broker, Presence, UserKey
 from channels.unread import RESYNC, ThreadSnapshot, UnreadTracker
 
 log = logging.getLogger("agency_messaging.hub")
@@ -96,12 +96,12 @@ class Hub:
         self.presence = presence
         self.source = source
         self.channels: dict[int, CandidateChannel] = {}
-        self.users: dict[tuple[int, int], set[Connection]] = defaultdict(set)
+        self.users: dict[UserKey, set[Connection]] = defaultdict(set)
         self._lifecycle = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self.unread = UnreadTracker()
-        self._first_reads: dict[tuple[int, int], asyncio.Task[None]] = {}
+        self._first_reads: dict[UserKey, asyncio.Task[None]] = {}
         self._unread_wakeup = asyncio.Event()
         self.on_event_dispatched: Callable[[int], None] | None = None
 
@@ -166,7 +166,7 @@ class Hub:
                     # left when it ends: a retry of the same user may still join it.)
                     self.unread.forget(connection.user_key)
 
-    async def _first_unread(self, key: tuple[int, int], connection: Connection) -> None:
+    async def _first_unread(self, key: UserKey, connection: Connection) -> None:
         """Reads a user's counts once per process; concurrent connects share the read."""
         while True:
             reading = self._first_reads.get(key)
@@ -194,11 +194,11 @@ class Hub:
             # user joins it instead of starting another. If the read ends unused (every
             # connection that wanted it left), this connection reads again.
 
-    def _forget_first_read(self, key: tuple[int, int], reading: asyncio.Task[None]) -> None:
+    def _forget_first_read(self, key: UserKey, reading: asyncio.Task[None]) -> None:
         if self._first_reads.get(key) is reading:  # never a newer read of the same user
             del self._first_reads[key]
 
-    async def _read_first(self, key: tuple[int, int], connection: Connection) -> None:
+    async def _read_first(self, key: UserKey, connection: Connection) -> None:
         token = self.unread.begin_load(key)
         try:
             rows = await self.source.unread_snapshot(connection)
@@ -416,7 +416,7 @@ class Hub:
                     for frame in frames:
                         connection.send(frame)
 
-    async def _load_unread(self, user_key: tuple[int, int]) -> None:
+    async def _load_unread(self, user_key: UserKey) -> None:
         connections = self.users.get(user_key)
         if not connections:
             self.unread.forget(user_key)

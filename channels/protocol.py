@@ -29,7 +29,9 @@ from pydantic import (
 MAX_ID: Final = 2**63 - 1  # ids and seqs are stored as signed 64-bit integers
 MAX_BODY_CHARS: Final = 5000
 MAX_REF_CHARS: Final = 128
+MAX_FRAME_BYTES: Final = 64 * 1024  # a larger frame closes the socket (1009)
 HOST_ID: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # the host ATS's ids of orgs, users...
+HOST_ID_RULE: Final = f"must match {HOST_ID.pattern}"  # what an error says of a bad one
 
 
 def clean_text(value: str) -> str:
@@ -160,8 +162,41 @@ def _dumps(body: dict[str, Any]) -> str:
     return orjson.dumps(body).decode()
 
 
-def ack(ref: Any, **fields: Any) -> str:
+def _ack(ref: Any, fields: dict[str, Any]) -> str:
     return _dumps({"type": "ack", "ref": ref, **fields})
+
+
+# What each op's ack carries besides `type` and `ref` (docs/protocol.md, "ack carries").
+ACK_FIELDS: Final = {
+    "subscribe": ("candidate", "seq", "reset"),
+    "unsubscribe": ("candidate",),
+    "send": ("message",),
+    "read": ("unread",),
+    "delete": ("message_id",),
+}
+
+
+def ack_subscribe(ref: Any, candidate_id: str, seq: int, reset: bool) -> str:
+    """`reset`: the log no longer reaches back to `after`; reload over REST."""
+    return _ack(ref, {"candidate": candidate_id, "seq": seq, "reset": reset})
+
+
+def ack_unsubscribe(ref: Any, candidate_id: str) -> str:
+    return _ack(ref, {"candidate": candidate_id})
+
+
+def ack_send(ref: Any, message: dict[str, Any]) -> str:
+    """`message`: the stored message, as REST answers it."""
+    return _ack(ref, {"message": message})
+
+
+def ack_read(ref: Any, unread: int) -> str:
+    """`unread`: the thread's count for the caller after the read."""
+    return _ack(ref, {"unread": unread})
+
+
+def ack_delete(ref: Any, message_id: int) -> str:
+    return _ack(ref, {"message_id": message_id})
 
 
 def error(ref: Any, code: str, message: str) -> str:
@@ -242,7 +277,7 @@ CLOSE_TOO_MANY_CONNECTIONS: Final = 4029
 CLOSE_CODES: Final = {
     CLOSE_NORMAL: "normal close",
     1007: "a text frame that is not valid UTF-8",
-    CLOSE_TOO_BIG: "a frame over 64 KiB",
+    CLOSE_TOO_BIG: f"a frame over {MAX_FRAME_BYTES // 1024} KiB",
     CLOSE_INTERNAL_ERROR: "an internal error",
     1012: "the server process is restarting",
     CLOSE_IDLE: "no frame within the idle timeout",

@@ -1,6 +1,7 @@
 """Email alerts: the durable outbox, its worker and the transports.
 
 Layer rule: imports storage and channels (presence), never server. What the domain decides
-(who is involved in a thread, who still sees it) reaches the mailer through the callables
-and the `ThreadAccess` interface that the composition root hands in.
+reaches the mailer through what it is handed: who is involved in a thread, as a callable
+passed with each new message by the send action; who still sees a thread, through the
+`ThreadAccess` object the composition root gives the worker.
 """

@@ -152,7 +152,6 @@ def create_app(
             app.state.services = Services(
                 settings=settings,
                 db=db,
-                sink=sink,
                 messaging=Messaging(db, sink, alerts),
                 provisioning=Provisioning(db, sink),
                 metrics=metrics,

@@ -53,12 +53,11 @@ async def _migrate(url: str) -> None:
 
 
 async def _check_schema(settings: Settings) -> None:
+    from server.app import prepare_schema
+
     db = Database(settings.database_url)
     try:
-        if settings.database_is_default:
-            await migrate.upgrade(db)
-        else:
-            await migrate.check_up_to_date(db)
+        await prepare_schema(db, settings, auto_migrate=None)
     finally:
         await db.close()
 

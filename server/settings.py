@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from channels.backends import BROKERS
 from storage.database import default_sqlite_url
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -156,7 +157,7 @@ class Settings:
             raise ConfigError("AM_SERVICE_TOKEN must be set to a token of at least 16 characters.")
         var_dir = Path(env.get("AM_VAR_DIR", "var"))
         broker_url = env.get("AM_BROKER_URL", "") or "memory://"
-        if urlsplit(broker_url).scheme not in ("memory", "redis", "rediss"):
+        if urlsplit(broker_url).scheme not in BROKERS:
             raise ConfigError(
                 f"AM_BROKER_URL must start with memory:// or redis://, not {broker_url!r}."
             )

@@ -1,8 +1,5 @@
-"""Persistence: SQLAlchemy models, the database handle and Alembic migrations.
+"""Persistence: SQLAlchemy models (`models`), the database handle (`database`), and the
+Alembic migrations (`migrate`, `migrations/`).
 
 Layer rule: the bottom layer; imports nothing of server, channels or mailer.
 """
-
-from storage.database import Database, default_sqlite_url, is_sqlite
-
-__all__ = ["Database", "default_sqlite_url", "is_sqlite"]

@@ -3,7 +3,7 @@
 tests/unit/test_rules.py checks server/domain/rules.py function by function, the whole
 matrix on the pure functions; this file checks what a
 client actually gets from the REST API. Every expectation comes from the small model below,
-written from CONTRACT.md ("Words", "Messaging API") and never by asking server.domain.rules:
+written from the interface (docs/api.md) and never by asking server.domain.rules:
 
 - Nothing crosses orgs: both orgs have a candidate "c1"; a user's "c1" is its own org's, and
   the thread and message ids of the other org are 404.

@@ -6,7 +6,7 @@ muted, lost access), the unsubscribe link, header safety, and delivery through S
 failures (421 retried, 550 given up, a stalled relay timed out and retried, a worker that
 died holding a claim). Also the `.eml` file transport and `agency-messaging send-test-email`.
 
-The org (as the conftest `world` docstring describes): coordinator `coord`, member `mem` with
+The org (`populate_world` in tests/support/world.py): coordinator `coord`, member `mem` with
 access, member `out` without, agency `ag` with `ann` (linked to c1 and c2) and `abe` (not
 linked). Candidates c1 and c2 share that team.
 """

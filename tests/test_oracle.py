@@ -6,8 +6,8 @@ granted and revoked (members added and removed, agency users linked and unlinked
 coordinator changed, the candidate erased and provisioned again), threads opened, messages
 posted, deleted and read (over REST or over the socket), sockets connected, subscribed and
 closed, and resumes from the event log. Every step's answer is checked against the model in
-tests/support/oracle_model.py (written from CONTRACT.md, never from the server's rules or
-views), and so, at checkpoints, is every read path:
+tests/support/oracle_model.py (written from the interface, docs/api.md, never from the
+server's rules or views), and so, at checkpoints, is every read path:
 
 - REST: GET /api/v1/candidates, /candidates/{c} (coordinator, agency_users,
   private_contacts, unread, seq), /candidates/{c}/threads (which threads, kind, people,

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections import defaultdict
 
-from channels.interfaces import MessageHandler, ReconnectHandler
+from channels.interfaces import MessageHandler, ReconnectHandler, UserKey
 
 log = logging.getLogger("agency_messaging.broker")
 
@@ -60,7 +60,7 @@ class MemoryBroker:
 
 class MemoryPresence:
     def __init__(self) -> None:
-        self._connections: dict[tuple[int, int], set[str]] = defaultdict(set)
+        self._connections: dict[UserKey, set[str]] = defaultdict(set)
 
     async def start(self) -> None:
         return None
@@ -68,21 +68,21 @@ class MemoryPresence:
     async def close(self) -> None:
         return None
 
-    async def add(self, user: tuple[int, int], connection_id: str) -> None:
+    async def add(self, user: UserKey, connection_id: str) -> None:
         self._connections[user].add(connection_id)
 
-    async def renew(self, connections: list[tuple[tuple[int, int], str]]) -> None:
+    async def renew(self, connections: list[tuple[UserKey, str]]) -> None:
         return None  # one process: a connection counts exactly while it is open
 
-    async def remove(self, user: tuple[int, int], connection_id: str) -> None:
+    async def remove(self, user: UserKey, connection_id: str) -> None:
         ids = self._connections.get(user)
         if ids is not None:
             ids.discard(connection_id)
             if not ids:
                 del self._connections[user]
 
-    async def count(self, user: tuple[int, int]) -> int:
+    async def count(self, user: UserKey) -> int:
         return len(self._connections.get(user, ()))
 
-    async def online(self, users: list[tuple[int, int]]) -> set[tuple[int, int]]:
+    async def online(self, users: list[UserKey]) -> set[UserKey]:
         return {u for u in users if self._connections.get(u)}

@@ -22,7 +22,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from channels.interfaces import LEASE_SECONDS, BrokerUnavailable, MessageHandler, ReconnectHandler
+from channels.interfaces import (
+    LEASE_SECONDS,
+    BrokerUnavailable,
+    MessageHandler,
+    ReconnectHandler,
+    UserKey,
+)
 
 log = logging.getLogger("agency_messaging.broker")
 
@@ -215,7 +221,7 @@ class RedisPresence:
         self._redis = _client(url)
 
     @staticmethod
-    def _key(user: tuple[int, int]) -> str:
+    def _key(user: UserKey) -> str:
         return f"am.presence.{user[0]}.{user[1]}"
 
     async def start(self) -> None:
@@ -224,10 +230,10 @@ class RedisPresence:
     async def close(self) -> None:
         await self._redis.aclose()
 
-    async def add(self, user: tuple[int, int], connection_id: str) -> None:
+    async def add(self, user: UserKey, connection_id: str) -> None:
         await self.renew([(user, connection_id)])
 
-    async def renew(self, connections: list[tuple[tuple[int, int], str]]) -> None:
+    async def renew(self, connections: list[tuple[UserKey, str]]) -> None:
         if not connections:
             return
         expiry = time.time() + LEASE_SECONDS
@@ -237,10 +243,10 @@ class RedisPresence:
                 pipe.expire(self._key(user), int(LEASE_SECONDS * 2))
             await pipe.execute()
 
-    async def remove(self, user: tuple[int, int], connection_id: str) -> None:
+    async def remove(self, user: UserKey, connection_id: str) -> None:
         await self._redis.zrem(self._key(user), connection_id)
 
-    async def count(self, user: tuple[int, int]) -> int:
+    async def count(self, user: UserKey) -> int:
         key, now = self._key(user), time.time()
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zremrangebyscore(key, "-inf", now)
@@ -248,7 +254,7 @@ class RedisPresence:
             _, count = await pipe.execute()
         return int(count)
 
-    async def online(self, users: list[tuple[int, int]]) -> set[tuple[int, int]]:
+    async def online(self, users: list[UserKey]) -> set[UserKey]:
         if not users:
             return set()
         now = time.time()

@@ -15,6 +15,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from channels import protocol
 from mailer.outbox import AlertScheduler
 from server.domain import facts, rules
 from server.domain.errors import InvalidInput, NotFound
@@ -22,6 +23,7 @@ from server.domain.events import CandidateEvent, DomainEvent, EventSink, UnreadT
 from server.domain.facts import Principal, Target
 from server.domain.rules import ThreadKey
 from server.domain.views import (
+    Json,
     MessageRow,
     message_json,
     messages_by_id,
@@ -30,8 +32,6 @@ from server.domain.views import (
 )
 from storage.database import Database
 from storage.models import Candidate, Event, Message, ReadMarker, Thread, User, utcnow
-
-Json = dict[str, object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +170,7 @@ class Messaging:
             }
             message.id = (await conn.execute(_INSERT_MESSAGE, values)).scalar_one()
             await conn.execute(_SET_LAST_MESSAGE, {"t": target.ref.id, "m": message.id})
-            seq = await self._append_event(conn, target, "message.created", message.id)
+            seq = await self._append_event(conn, target, protocol.MESSAGE_CREATED, message.id)
             if self.alerts is not None:
                 await self.alerts.message_posted(
                     session,
@@ -186,7 +186,7 @@ class Messaging:
             # The Message JSON from what is in hand: no read back.
             payload = message_json(message, who.user_json(), target.candidate_id)
             events = _thread_events(
-                "message.created", target, seq, message.id, payload, who.actor.pk
+                protocol.MESSAGE_CREATED, target, seq, message.id, payload, who.actor.pk
             )
         await self.sink.publish(events)
         return payload, True
@@ -231,8 +231,10 @@ class Messaging:
             await conn.execute(
                 update(Message).where(Message.id == message_id).values(deleted=True, body=None)
             )
-            seq = await self._append_event(conn, target, "message.deleted", message_id)
-            events = _thread_events("message.deleted", target, seq, message_id, None, who.actor.pk)
+            seq = await self._append_event(conn, target, protocol.MESSAGE_DELETED, message_id)
+            events = _thread_events(
+                protocol.MESSAGE_DELETED, target, seq, message_id, None, who.actor.pk
+            )
         await self.sink.publish(events)
 
     async def mark_read(self, who: Principal, thread_id: int, message_id: int) -> int:
@@ -265,7 +267,6 @@ class Messaging:
                     UnreadTouched(
                         who.actor.org_pk,
                         target.ref.candidate_pk,
-                        target.candidate_id,
                         thread_id,
                         frozenset({who.actor.pk}),
                     )
@@ -330,14 +331,12 @@ def _thread_events(
         message_id=message_id,
         audience=audience,
         message=payload,
-        author_pk=author_pk,
     )
     touched = UnreadTouched(
         access.org_pk,
         ref.candidate_pk,
-        target.candidate_id,
         ref.id,
         audience - {author_pk},
-        new_message_id=message_id if kind == "message.created" else 0,
+        new_message_id=message_id if kind == protocol.MESSAGE_CREATED else 0,
     )
     return [event, touched]

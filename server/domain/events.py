@@ -26,7 +26,6 @@ class CandidateEvent:
     message_id: int
     audience: frozenset[int]  # who sees the thread at commit time
     message: dict[str, Any] | None = None  # the Message JSON, for message.created
-    author_pk: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +34,6 @@ class UnreadTouched:
 
     org_pk: int
     candidate_pk: int
-    candidate_id: str
     thread_id: int
     user_pks: frozenset[int]
     new_message_id: int = 0  # set when a new message is the change: counted as a delta
@@ -47,7 +45,6 @@ class AccessRevoked:
 
     org_pk: int
     candidate_pk: int
-    candidate_id: str
     user_pks: frozenset[int] = field(default_factory=frozenset)
     erased: bool = False
 

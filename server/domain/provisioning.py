@@ -12,6 +12,7 @@ from server.domain import facts, views
 from server.domain.errors import Conflict, InvalidInput, NotFound
 from server.domain.events import AccessRevoked, DomainEvent, EventSink, UnreadTouched
 from server.domain.rules import AGENCY, MEMBER, CandidateAccess
+from server.domain.views import Json
 from storage.database import Database
 from storage.models import (
     Agency,
@@ -28,8 +29,6 @@ from storage.models import (
     ThreadPoster,
     User,
 )
-
-Json = dict[str, object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,10 +163,10 @@ class Provisioning:
             revoked = before.users_with_access - after.users_with_access
             granted = after.users_with_access - before.users_with_access
             if revoked:
-                events.append(AccessRevoked(org.pk, candidate.pk, candidate_id, revoked))
+                events.append(AccessRevoked(org.pk, candidate.pk, revoked))
             if granted and not created:
                 # Their blue dots may light up with the candidate's existing threads.
-                events.append(UnreadTouched(org.pk, candidate.pk, candidate_id, 0, granted))
+                events.append(UnreadTouched(org.pk, candidate.pk, 0, granted))
         await self.sink.publish(events)
         return {
             "id": candidate_id,
@@ -206,7 +205,7 @@ class Provisioning:
                 delete(CandidateAgencyUser).where(CandidateAgencyUser.candidate_pk == candidate.pk)
             )
             await session.execute(delete(Candidate).where(Candidate.pk == candidate.pk))
-            events.append(AccessRevoked(org.pk, candidate.pk, candidate_id, had, erased=True))
+            events.append(AccessRevoked(org.pk, candidate.pk, had, erased=True))
         await self.sink.publish(events)
 
 

@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from server.domain.errors import AppError, RateLimited
 from server.settings import GuardLimits, IPNetwork
 
 log = logging.getLogger("agency_messaging.guard")
@@ -171,28 +172,42 @@ class ConnectionGuard:
         self._reported_at = now
 
 
-def _status_response(status: int, code: str, message: str) -> bytes:
-    body = orjson.dumps({"error": {"code": code, "message": message}})
-    phrase = {
-        408: "Request Timeout",
-        429: "Too Many Requests",
-        431: "Request Header Fields Too Large",
-    }[status]
+class RequestTimeout(AppError):
+    status = 408
+    code = "timeout"
+
+
+class HeadersTooLarge(AppError):
+    status = 431
+    code = "too_large"
+
+
+TOO_MANY_HANDSHAKES = "Too many connections in progress from this address; try again shortly."
+_PHRASES = {
+    408: "Request Timeout",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+}
+
+
+def _status_response(error: AppError) -> bytes:
+    """The whole HTTP answer to a connection refused before the app saw it: the error JSON
+    that every other answer carries, then the connection is closed."""
+    body = orjson.dumps(error.to_json())
     return (
-        f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\n"
+        f"HTTP/1.1 {error.status} {_PHRASES[error.status]}\r\n"
+        f"content-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     ).encode() + body
 
 
 TIMED_OUT = _status_response(
-    408, "timeout", "The request was not received in time; the connection is closed."
+    RequestTimeout("The request was not received in time; the connection is closed.")
 )
 TOO_LARGE = _status_response(
-    431, "too_large", "The request's header fields are too large; the connection is closed."
+    HeadersTooLarge("The request's header fields are too large; the connection is closed.")
 )
-TOO_MANY = _status_response(
-    429, "rate_limited", "Too many connections in progress from this address; try again shortly."
-)
+TOO_MANY = _status_response(RateLimited(TOO_MANY_HANDSHAKES, 1.0))
 
 
 def scan_head(run: int, data: bytes, max_line: int) -> tuple[bool, int]:
@@ -382,7 +397,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 def _flush_refused_handshake(transport: asyncio.Transport) -> None:
     """The websockets parser may refuse a request that httptools accepted; uvicorn then
-    never writes the answer it prepared. Write it and close, instead of hanging."""
+    never writes the answer it prepared. Write it and close, instead of hanging.
+
+    This reads uvicorn's sans-I/O WebSocket protocol (`conn`) and the websockets library's
+    `ServerProtocol` (`handshake_exc`, `data_to_send()`): both are pinned in pyproject.toml,
+    and tests/unit/test_pinned_internals.py checks what this relies on."""
     connection = getattr(transport.get_protocol(), "conn", None)
     if connection is None or getattr(connection, "handshake_exc", None) is None:
         return

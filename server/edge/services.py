@@ -11,7 +11,6 @@ from channels.connection import ConnectionLimits
 from channels.hub import Hub
 from channels.interfaces import Broker, Presence
 from server.domain.actions import Messaging
-from server.domain.events import EventSink
 from server.domain.provisioning import Provisioning
 from server.domain.ratelimit import SendRateLimiter
 from server.edge.guard import ConnectionGuard
@@ -32,7 +31,6 @@ class Realtime:
 class Services:
     settings: Settings
     db: Database
-    sink: EventSink
     messaging: Messaging
     provisioning: Provisioning
     metrics: Metrics

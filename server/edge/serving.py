@@ -9,6 +9,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
+from channels.protocol import MAX_FRAME_BYTES
 from server.edge.guard import ConnectionGuard, guarded_protocol, networks_text
 
 # Messages that uvicorn logs for a client's fault as if it were the server's (ERROR with a
@@ -47,7 +48,7 @@ def uvicorn_config(app: Starlette, host: str, port: int, **overrides: Any) -> uv
         "proxy_headers": bool(trusted),
         "forwarded_allow_ips": trusted,
         "log_config": None,
-        "ws_max_size": 64 * 1024,  # larger frames close the socket with 1009
+        "ws_max_size": MAX_FRAME_BYTES,  # larger frames close the socket with 1009
         # Frames are small JSON, encoded once for every recipient; compressing them again
         # per connection would cost more CPU than the bytes it saves.
         "ws_per_message_deflate": False,

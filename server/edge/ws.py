@@ -29,6 +29,7 @@ from channels.protocol import (
     CLOSE_SESSION_EXPIRED,
     CLOSE_TOO_BIG,
     CLOSE_TOO_MANY_CONNECTIONS,
+    MAX_FRAME_BYTES,
     ClientFrame,
     Delete,
     Ping,
@@ -42,7 +43,12 @@ from server.domain import facts
 from server.domain.auth import SESSION_COOKIE, authenticate_token, bearer_token
 from server.domain.errors import AppError, InvalidInput, RateLimited, Unavailable
 from server.domain.facts import Principal
-from server.edge.guard import ADDRESS_HANDSHAKES, ADDRESS_SOCKETS, HANDSHAKE_TIMEOUT
+from server.edge.guard import (
+    ADDRESS_HANDSHAKES,
+    ADDRESS_SOCKETS,
+    HANDSHAKE_TIMEOUT,
+    TOO_MANY_HANDSHAKES,
+)
 from server.edge.http import describe_validation, error_response
 from server.edge.middleware import UNAVAILABLE_ERRORS
 from server.edge.origins import origin_allowed
@@ -104,7 +110,6 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         guard.sockets.release(address)
 
 
-TOO_MANY_HANDSHAKES = "Too many connections in progress from this address; try again shortly."
 HANDSHAKE_TOO_SLOW = "The handshake could not be completed in time; try again shortly."
 
 
@@ -293,7 +298,7 @@ async def _reader(ws: WebSocket, conn: Connection, s: Services) -> None:
             len(text) > conn.limits.max_frame_bytes
             or len(text.encode()) > conn.limits.max_frame_bytes
         ):
-            conn.close(CLOSE_TOO_BIG, "The frame is over 64 KiB.")
+            conn.close(CLOSE_TOO_BIG, f"The frame is over {MAX_FRAME_BYTES // 1024} KiB.")
             return
         conn.busy = True
         try:
@@ -333,28 +338,26 @@ async def _apply(frame: ClientFrame, conn: Connection, s: Services) -> str:
     if isinstance(frame, Subscribe):
         candidate_pk = await _visible_candidate_pk(s, who, frame.candidate)
         result = await s.realtime.hub.subscribe(conn, candidate_pk, frame.candidate, frame.after)
-        return protocol.ack(
-            frame.ref, candidate=frame.candidate, seq=result.seq, reset=result.reset
-        )
+        return protocol.ack_subscribe(frame.ref, frame.candidate, result.seq, result.reset)
     if isinstance(frame, Unsubscribe):
         async with s.db.read() as session:
             candidate = await facts.candidate_row(session, who.actor.org_pk, frame.candidate)
         if candidate is not None:
             await s.realtime.hub.unsubscribe(conn, candidate.pk)
-        return protocol.ack(frame.ref, candidate=frame.candidate)
+        return protocol.ack_unsubscribe(frame.ref, frame.candidate)
     if isinstance(frame, Send):
         s.send_limiter.take(who.key)
         message, created = await s.messaging.send(who, frame.thread, frame.body, frame.client_id)
         if created:
             s.metrics.messages_sent.labels("ws").inc()
-        return protocol.ack(frame.ref, message=message)
+        return protocol.ack_send(frame.ref, message)
     if isinstance(frame, Read):
         unread = await s.messaging.mark_read(who, frame.thread, frame.message_id)
-        return protocol.ack(frame.ref, unread=unread)
+        return protocol.ack_read(frame.ref, unread)
     assert isinstance(frame, Delete)
     await s.messaging.delete(who, frame.message)
     s.metrics.messages_deleted.inc()
-    return protocol.ack(frame.ref, message_id=frame.message)
+    return protocol.ack_delete(frame.ref, frame.message)
 
 
 async def _visible_candidate_pk(s: Services, who: Principal, candidate_id: str) -> int:

@@ -1,5 +1,7 @@
-"""The two places that extend a dependency through its internals, each pinned in
-pyproject.toml to the minor version it was written against. These tests fail first when an
+"""The places that extend a dependency through its internals (the connection guard in
+uvicorn's httptools protocol and the websockets handshake state; the inline SQLite
+connection in aiosqlite), each pinned in pyproject.toml to the version it was written
+against. These tests fail first when an
 upgrade changes what they rely on."""
 
 from __future__ import annotations
@@ -9,8 +11,11 @@ import threading
 
 import aiosqlite
 import uvicorn
+import websockets
 from sqlalchemy import text
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.server import ServerProtocol
 
 from server.edge.guard import GuardedHttpToolsProtocol
 from storage.database import Database
@@ -25,6 +30,19 @@ def _minor(version: str) -> tuple[int, int]:
 def test_the_installed_versions_are_the_pinned_ones() -> None:
     assert _minor(uvicorn.__version__) == (0, 54)
     assert _minor(aiosqlite.__version__) == (0, 22)
+    assert _minor(websockets.__version__)[0] == 17
+
+
+def test_the_attributes_the_guard_reads_are_still_there() -> None:
+    # Set by HttpToolsProtocol itself and read by the guard's callbacks.
+    source = inspect.getsource(HttpToolsProtocol)
+    for attribute in ("self.url", "self.headers", "self.client", "self.transport", "self.loop"):
+        assert attribute in source, attribute
+    # The refused-handshake flush: uvicorn's sans-I/O WebSocket protocol keeps the
+    # websockets ServerProtocol as `conn`, which records a refusal and holds its answer.
+    assert "self.conn = ServerProtocol(" in inspect.getsource(WebSocketsSansIOProtocol)
+    assert "handshake_exc" in inspect.getsource(ServerProtocol.accept)
+    assert callable(ServerProtocol.data_to_send)
 
 
 def test_the_guard_overrides_only_methods_that_uvicorn_has() -> None:

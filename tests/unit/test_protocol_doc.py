@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import orjson
+
 from channels import protocol
 from server.domain import errors
 
@@ -41,6 +43,24 @@ def test_every_op_is_documented_with_its_fields() -> None:
         }
         defined[frame.model_fields["op"].annotation.__args__[0]] = fields  # type: ignore[union-attr]
     assert documented == defined
+
+
+def test_every_ack_carries_what_the_document_says() -> None:
+    documented = {
+        row[0].strip("`"): tuple(re.findall(r"`(\w+)`", row[2])) for row in _table_rows("op")
+    }
+    documented.pop("ping")  # answered by a pong, not an ack
+    assert documented == protocol.ACK_FIELDS
+    built = {
+        "subscribe": protocol.ack_subscribe(1, "c1", 7, False),
+        "unsubscribe": protocol.ack_unsubscribe(1, "c1"),
+        "send": protocol.ack_send(1, {"id": 1}),
+        "read": protocol.ack_read(1, 0),
+        "delete": protocol.ack_delete(1, 9),
+    }
+    for op, frame in built.items():
+        fields = set(orjson.loads(frame)) - {"type", "ref"}
+        assert fields == set(protocol.ACK_FIELDS[op]), op
 
 
 def test_every_server_frame_type_is_documented_and_no_other() -> None:

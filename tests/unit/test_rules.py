@@ -1,8 +1,8 @@
 """The rules matrix: every role x thread kind x operation x state, checked against the contract.
 
-Each expected outcome comes from a small model of CONTRACT.md ("Words": candidate, thread,
-reading, deleting), written here in the contract's own terms and never by asking
-server.rules. One design decision of rules.py is taken as given: the candidate's current
+Each expected outcome comes from a small model of the interface's rules (docs/api.md: the
+candidate, its threads, reading, deleting), written here in those terms and never by asking
+server.domain.rules. One design decision of rules.py is taken as given: the candidate's current
 coordinator has access even when it is not in the candidate's members list.
 
 Outcomes: "ok"; NotFound (the caller cannot see the thing); Forbidden (it sees it but may not
