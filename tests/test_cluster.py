@@ -24,6 +24,7 @@ import pytest
 from harness.services import PostgresServer, RedisServer
 from server.domain.auth import make_user_token
 from tests.support.cluster import Client, Cluster, Lost, request_or_lost
+from tests.support.delivery import history, readyz
 from tests.support.world import SECRET, SERVICE_TOKEN, Api, migrate_database
 
 # Its tests share module-scoped fixtures: one worker runs them all.
@@ -167,25 +168,6 @@ async def rest_send(api: Api, thread: int, body: str, **extra: Any) -> dict[str,
     return result
 
 
-async def history(api: Api, thread: int) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        response = await api.get(
-            ORG, AGENT, f"/api/v1/threads/{thread}/messages", params={"after": after, "limit": 100}
-        )
-        assert response.status_code == 200, response.text
-        page = response.json()
-        out.extend(page["messages"])
-        if not page["has_more"]:
-            return out
-        after = page["messages"][-1]["id"]
-
-
-async def readyz(client: httpx.AsyncClient, base_url: str) -> httpx.Response:
-    return await client.get(f"{base_url}/readyz", timeout=5)
-
-
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))
@@ -304,10 +286,10 @@ async def test_redis_outage_loses_nothing(nodes: Cluster, api_a: Api, api_b: Api
             during.append(await rest_send(api_b, thread, f"outage via B {i}"))
         for name in ("a", "b"):
             deadline = time.monotonic() + 10
-            response = await readyz(http, nodes.url(name))
+            response = await readyz(http, nodes.url(name), timeout=5)
             while response.status_code != 503 and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
-                response = await readyz(http, nodes.url(name))
+                response = await readyz(http, nodes.url(name), timeout=5)
             assert response.status_code == 503, (name, response.text)
             assert "broker" in response.text, response.text
             assert "database" not in response.json().get("failing", []), response.text
@@ -316,10 +298,10 @@ async def test_redis_outage_loses_nothing(nodes: Cluster, api_a: Api, api_b: Api
 
         for name in ("a", "b"):
             deadline = time.monotonic() + 15
-            response = await readyz(http, nodes.url(name))
+            response = await readyz(http, nodes.url(name), timeout=5)
             while response.status_code != 200 and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
-                response = await readyz(http, nodes.url(name))
+                response = await readyz(http, nodes.url(name), timeout=5)
             assert response.status_code == 200, (name, response.text)
 
         # The stayer never reconnected: it is caught up from the event log.
@@ -481,7 +463,7 @@ async def test_kill_9_mid_stream_then_retry_with_client_id(nodes: Cluster, api_b
         stream = [e for c in clients for e in c.created(cand)]
         assert_stream(stream, start, [acked[i] for i in range(total)])
 
-        stored = await history(api_b, thread)
+        stored = await history(api_b.client, nodes.url("b"), thread, org=ORG, user=AGENT)
         counts = Counter(m["client_id"] for m in stored)
         assert counts == Counter(f"k-{i}" for i in range(total)), counts
         assert [m["id"] for m in stored] == [acked[i]["id"] for i in range(total)]

@@ -59,6 +59,7 @@ from tests.support.delivery import (
     wait_readyz,
 )
 from tests.support.metrics import metric
+from tests.support.realtime import ws_url
 from tests.support.world import SECRET, SERVICE_TOKEN, Api, migrate_database
 
 # Its tests share module-scoped fixtures: one worker runs them all.
@@ -421,10 +422,6 @@ class Attempt:
     url: str
     user: str
     give_up: str | None = None
-
-
-def ws_url(base_url: str) -> str:
-    return base_url.replace("http://", "ws://") + "/ws"
 
 
 def upgrade_request(base_url: str, user: str) -> bytes:

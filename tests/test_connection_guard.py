@@ -32,7 +32,7 @@ from server.edge.guard import ConnectionGuard, scan_head
 from server.edge.serving import ClientFaultFilter
 from server.settings import ConfigError, GuardLimits, Settings, parse_networks
 from tests.support.metrics import metric
-from tests.support.realtime import WsClient, serve
+from tests.support.realtime import WsClient, serve, ws_url
 from tests.support.world import SECRET, SERVICE_TOKEN, Api, make_settings, populate_world
 
 # Its tests share module-scoped fixtures: one worker runs them all.
@@ -393,7 +393,7 @@ async def _socket(
     server: ServerProcess, user: str, source: str, **headers: str
 ) -> websockets.ClientConnection:
     return await websockets.connect(
-        server.url.replace("http://", "ws://") + "/ws",
+        ws_url(server.url),
         additional_headers={"Authorization": f"Bearer {token(user)}", **headers},
         local_addr=(source, 0),
     )
@@ -511,7 +511,7 @@ async def test_a_websocket_handshake_that_cannot_finish_in_time_is_refused_with_
         async with serve(app, lifespan="off") as url:
             with pytest.raises(websockets.InvalidStatus) as caught:
                 await websockets.connect(
-                    url.replace("http://", "ws://") + "/ws",
+                    ws_url(url),
                     additional_headers={"Authorization": f"Bearer {token('coord')}"},
                 )
         assert stalled.is_set()

@@ -39,6 +39,7 @@ import websockets
 
 from harness.services import PostgresServer, RedisServer, ServerProcess, free_port
 from server.domain.auth import make_user_token
+from tests.support.delivery import history
 from tests.support.realtime import WsClient
 from tests.support.world import SECRET, SERVICE_TOKEN, Api, migrate_database
 
@@ -414,21 +415,6 @@ async def agency_thread(api: Api, cand: str) -> int:
     return int(thread["id"])
 
 
-async def history(api: Api, thread: int) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        response = await api.get(
-            ORG, AGENT, f"/api/v1/threads/{thread}/messages", params={"after": after, "limit": 100}
-        )
-        assert response.status_code == 200, response.text
-        page = response.json()
-        out.extend(page["messages"])
-        if not page["has_more"]:
-            return out
-        after = page["messages"][-1]["id"]
-
-
 # --- a. REST and WebSocket through TLS ------------------------------------------------------
 
 
@@ -708,7 +694,7 @@ async def test_rolling_restart_behind_the_proxy_loses_and_doubles_nothing(runnin
             sender.stopping = True
             await asyncio.wait_for(sending, 30)
 
-            stored = await history(api, thread)
+            stored = await history(http, stack.edge.base_url, thread, org=ORG, user=AGENT)
             expected = [m["id"] for m in stored]
             await wait_until(
                 lambda: all(len(v.events) >= len(stored) for v in viewers),

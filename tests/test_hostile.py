@@ -48,9 +48,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from channels.protocol import MAX_ID
 from mailer.compose import Alert, AlertLine, compose
 from server.edge.openapi import build_spec
-from tests.support.realtime import WsClient
+from tests.support.realtime import WsClient, ws_url
 from tests.support.world import SERVICE_TOKEN, Api
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -58,13 +59,8 @@ ERROR_CODES = {"invalid", "unauthorized", "forbidden", "not_found", "rate_limite
 ANSWERS = ("ack", "error", "pong")
 # Every type a client may see; anything else (a traceback, an "internal" error) is a bug.
 SERVER_FRAMES = {*ANSWERS, "message.created", "message.deleted", "unread", "unsubscribed"}
-MAX_ID = 2**63 - 1
 HUGE_INTS = [MAX_ID, 2**63, 2**64 - 1, 2**64, 10**100, -1, 0, -(2**63), -(2**63) - 1, -(10**100)]
 TRACEBACK = re.compile(r"Traceback \(most recent call last\)|File \"[^\"]+\", line \d+")
-
-
-def ws_url(base: str) -> str:
-    return base.replace("http://", "ws://") + "/ws"
 
 
 def assert_no_traceback(text: str) -> None:

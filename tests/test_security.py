@@ -102,7 +102,7 @@ from harness.services import free_port
 from mailer.preferences import unsubscribe_token
 from server.app import create_app
 from server.settings import ConfigError, Settings
-from tests.support.realtime import WsClient, serve
+from tests.support.realtime import WsClient, serve, ws_url
 from tests.support.world import SECRET, SERVICE_TOKEN, Api, populate_world
 from tests.support.ws import closed_with, custom_server, refused, user_token
 
@@ -350,7 +350,7 @@ async def _exercise(base: str, secret: str, service: str, marker: str) -> list[s
         response = await http.post(messages, json={"body": f"{marker} cookie"}, headers=jar)
         assert response.status_code == 201, response.text
 
-        ws = base.replace("http://", "ws://") + "/ws"
+        ws = ws_url(base)
         async with (
             websockets.connect(ws, additional_headers=bearer) as agent,
             websockets.connect(ws, additional_headers=jar) as member,

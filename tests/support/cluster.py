@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,18 +68,8 @@ class Client(WsClient):
         self.arrivals: list[float] = []
         super().__init__(socket)
 
-    async def _read(self) -> None:
-        with contextlib.suppress(websockets.ConnectionClosed):
-            async for raw in self.socket:
-                now = time.perf_counter()
-                frame = json.loads(raw)
-                self.frames.append(frame)
-                self.arrivals.append(now)
-                ref = frame.get("ref")
-                if frame.get("type") in ("ack", "error", "pong") and ref in self._answers:
-                    self._answers.pop(ref).set_result(frame)
-                else:
-                    await self.events.put(frame)
+    def _received(self, frame: dict[str, Any]) -> None:
+        self.arrivals.append(time.perf_counter())
 
     def created(self, candidate: str) -> list[dict[str, Any]]:
         return [

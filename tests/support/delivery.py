@@ -1,12 +1,13 @@
 """Clients that keep going through faults, and the checks that nothing was lost or doubled.
 
-Shared by tests/test_faults.py and tests/test_connect_storm.py. Everything here acts in one
+Shared by tests/test_faults.py and tests/test_connect_storm.py (tests/test_cluster.py and
+tests/test_deploy_proxy.py read `history` and `readyz` too). Everything here acts in one
 org, `ORG`, which each test module provisions in its own databases; "mem" must be a member
-of every candidate there (`history` reads as "mem"). A `Follower` follows candidates across
-however many sockets it takes, resuming each after the last seq it saw, as docs/protocol.md
-tells clients to; a `Poster` posts with a client_id each, by REST or over its own socket,
-and notes every attempt (`Try`). `assert_exact_stream` and `assert_each_once` hold what
-they saw to the stored history.
+of every candidate there (`history` reads as "mem" unless told another org and user). A
+`Follower` follows candidates across however many sockets it takes, resuming each after the
+last seq it saw, as docs/protocol.md tells clients to; a `Poster` posts with a client_id
+each, by REST or over its own socket, and notes every attempt (`Try`). `assert_exact_stream`
+and `assert_each_once` hold what they saw to the stored history.
 """
 
 from __future__ import annotations
@@ -268,15 +269,18 @@ def assert_each_once(
 # --- REST and /readyz ---------------------------------------------------------------------
 
 
-async def history(http: httpx.AsyncClient, base_url: str, thread: int) -> list[dict[str, Any]]:
-    """Every stored message of `thread`, oldest first, read as "mem"."""
+async def history(
+    http: httpx.AsyncClient, base_url: str, thread: int, *, org: str = ORG, user: str = "mem"
+) -> list[dict[str, Any]]:
+    """Every stored message of `thread`, oldest first, read as `user` of `org`."""
+    headers = {"Authorization": f"Bearer {make_user_token(SECRET, org, user)}"}
     out: list[dict[str, Any]] = []
     after = 0
     while True:
         response = await http.get(
             f"{base_url}/api/v1/threads/{thread}/messages",
             params={"after": after, "limit": 100},
-            headers=auth("mem"),
+            headers=headers,
         )
         assert response.status_code == 200, response.text
         page = response.json()
@@ -292,8 +296,8 @@ async def histories(
     return {thread: await history(http, base_url, thread) for thread in threads}
 
 
-async def readyz(http: httpx.AsyncClient, base_url: str) -> httpx.Response:
-    return await http.get(f"{base_url}/readyz", timeout=10)
+async def readyz(http: httpx.AsyncClient, base_url: str, timeout: float = 10) -> httpx.Response:
+    return await http.get(f"{base_url}/readyz", timeout=timeout)
 
 
 async def wait_readyz(

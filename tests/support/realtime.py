@@ -42,8 +42,14 @@ async def serve(
         await asyncio.wait_for(task, 30)
 
 
+def ws_url(base_url: str) -> str:
+    """The socket URL of the server at `base_url` (http://…)."""
+    return base_url.replace("http://", "ws://") + "/ws"
+
+
 class WsClient:
-    """A WebSocket client that files acks and errors by ref and queues every other frame."""
+    """A WebSocket client that files acks and errors by ref and queues every other frame.
+    A subclass may override `_received` to see each frame as it arrives."""
 
     def __init__(self, socket: websockets.ClientConnection) -> None:
         self.socket = socket
@@ -58,20 +64,25 @@ class WsClient:
         headers = dict(kwargs.pop("headers", {}))
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
-        url = base_url.replace("http://", "ws://") + "/ws"
-        socket = await websockets.connect(url, additional_headers=headers, max_size=None, **kwargs)
+        socket = await websockets.connect(
+            ws_url(base_url), additional_headers=headers, max_size=None, **kwargs
+        )
         return cls(socket)
 
     async def _read(self) -> None:
         with contextlib.suppress(websockets.ConnectionClosed):
             async for raw in self.socket:
                 frame = json.loads(raw)
+                self._received(frame)
                 self.frames.append(frame)
                 ref = frame.get("ref")
                 if frame.get("type") in ("ack", "error", "pong") and ref in self._answers:
                     self._answers.pop(ref).set_result(frame)
                 else:
                     await self.events.put(frame)
+
+    def _received(self, frame: dict[str, Any]) -> None:
+        """Called with each frame as it arrives, before it is filed; does nothing here."""
 
     async def request(self, op: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
         ref = next(self._refs)

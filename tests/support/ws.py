@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from channels.connection import ConnectionLimits
 from server.app import create_app
 from tests.support.metrics import metric_value
-from tests.support.realtime import WsClient, serve
+from tests.support.realtime import WsClient, serve, ws_url
 from tests.support.world import SECRET, Api, make_settings, populate_world
 
 
@@ -54,10 +54,6 @@ async def custom_server(
             api = await populate_world(Api(client))
             async with serve(app, lifespan="off") as url:
                 yield Server(app, api, url)
-
-
-def ws_url(base: str) -> str:
-    return base.replace("http://", "ws://") + "/ws"
 
 
 def user_token(org: str, user: str, exp: float) -> str:

@@ -5,7 +5,6 @@ client_id race."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -25,7 +24,6 @@ from server.domain.events import CandidateEvent, DiscardingSink, DomainEvent
 from server.domain.facts import Principal, load_principal
 from server.domain.provisioning import CandidateSpec, Provisioning, UserSpec
 from server.domain.ratelimit import SendRateLimiter
-from storage import migrate
 from storage.database import Database
 from storage.models import Message
 
@@ -126,23 +124,9 @@ def test_at_the_key_bound_only_buckets_that_are_full_again_are_pruned() -> None:
 # --- on an SQLite database ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("domain-edges") / "template.db"
-
-    async def migrate_template() -> None:
-        db = Database(f"sqlite+aiosqlite:///{path}")
-        try:
-            await migrate.upgrade(db)
-        finally:
-            await db.close()
-
-    asyncio.run(migrate_template())
-    return path
-
-
 @pytest.fixture
 async def db(sqlite_template: Path, tmp_path: Path) -> AsyncIterator[Database]:
+    """A migrated, empty SQLite file: a copy of conftest's session-wide template."""
     path = tmp_path / "test.db"
     shutil.copyfile(sqlite_template, path)
     database = Database(f"sqlite+aiosqlite:///{path}")

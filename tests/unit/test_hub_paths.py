@@ -9,88 +9,27 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
-import orjson
 import pytest
 
 from channels import envelope
 from channels import hub as hub_module
 from channels.backends.memory import MemoryBroker, MemoryPresence
-from channels.connection import Connection, ConnectionLimits
-from channels.hub import Hub, LoggedEvent, ReplayWindow
+from channels.connection import Connection
+from channels.hub import Hub, LoggedEvent
 from channels.unread import ThreadSnapshot
+from tests.support.hub import ORG, USER_PK, FakeSource, connect, running_hub, sent
 
-ORG, USER_PK, PEER_PK, OUTSIDER_PK = 1, 10, 11, 12
+PEER_PK, OUTSIDER_PK = 11, 12
 CAND, OTHER_CAND, THREAD = 5, 6, 7
 
 
-def frame(seq: int) -> str:
-    return orjson.dumps({"type": "message.created", "candidate": "c5", "seq": seq}).decode()
-
-
-class LogSource:
-    """An event log per candidate, and unread rows per user."""
-
-    def __init__(self) -> None:
-        self.log: dict[int, list[LoggedEvent]] = {}
-        self.rows: dict[tuple[int, int], list[ThreadSnapshot]] = {}
-        self.reads: list[tuple[int, int]] = []
-        self.cursors: list[int] = []
-        self.fail_after_batches: int | None = None  # events_after fails from this call on
-        self.on_read: Callable[[Connection], object] | None = None
-        self.read_error: Exception | None = None
-        self.stall = asyncio.Event()  # events_after waits on it while `stalling`
-        self.stalling = False
-
-    def append(self, candidate_pk: int, seq: int, audience: set[int]) -> LoggedEvent:
-        event = LoggedEvent(seq, frozenset(audience), frame(seq))
-        self.log.setdefault(candidate_pk, []).append(event)
-        return event
-
-    async def last_seqs(self, candidate_pks: list[int]) -> dict[int, int]:
-        return {pk: self.log[pk][-1].seq if self.log.get(pk) else 0 for pk in candidate_pks}
-
-    async def window(self, candidate_pk: int) -> ReplayWindow:
-        events = self.log.get(candidate_pk, [])
-        return ReplayWindow(events[0].seq if events else None, events[-1].seq if events else 0)
-
-    async def events_after(self, candidate_pk: int, after: int, limit: int) -> list[LoggedEvent]:
-        if self.stalling:
-            await self.stall.wait()
-        if self.fail_after_batches is not None and len(self.cursors) >= self.fail_after_batches:
-            raise OSError("database unreachable")
-        self.cursors.append(after)
-        return [e for e in self.log.get(candidate_pk, []) if e.seq > after][:limit]
-
-    async def unread_snapshot(self, connection: Connection) -> list[ThreadSnapshot]:
-        self.reads.append(connection.user_key)
-        if self.on_read is not None:
-            result = self.on_read(connection)
-            if asyncio.iscoroutine(result):
-                await result
-        if self.read_error is not None:
-            raise self.read_error
-        return list(self.rows.get(connection.user_key, []))
-
-
 @pytest.fixture
-async def hub_and_source(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Hub, LogSource]]:
+async def hub_and_source(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Hub, FakeSource]]:
     # Unread batches go out as soon as they are coalesced: no test waits out the interval.
     monkeypatch.setattr(hub_module, "UNREAD_INTERVAL_SECONDS", 0.0)
-    source = LogSource()
-    hub = Hub(MemoryBroker(), MemoryPresence(), source)
-    await hub.start()
-    try:
+    source = FakeSource()
+    async with running_hub(source) as hub:
         yield hub, source
-    finally:
-        await hub.close()
-
-
-def connect(user_pk: int = USER_PK, **limits: float) -> Connection:
-    return Connection(ORG, user_pk, "member", ConnectionLimits(**limits))  # type: ignore[arg-type]
-
-
-def sent(conn: Connection) -> list[dict[str, object]]:
-    return [orjson.loads(f) for f in conn._queue]
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -118,7 +57,7 @@ async def publish_event(hub: Hub, candidate_pk: int, event: LoggedEvent) -> None
 
 
 async def test_a_replay_longer_than_a_batch_sends_every_visible_event_in_order(
-    hub_and_source: tuple[Hub, LogSource], monkeypatch: pytest.MonkeyPatch
+    hub_and_source: tuple[Hub, FakeSource], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hub, source = hub_and_source
     monkeypatch.setattr(hub_module, "REPLAY_BATCH", 3)
@@ -137,7 +76,7 @@ async def test_a_replay_longer_than_a_batch_sends_every_visible_event_in_order(
 
 
 async def test_a_replay_that_fails_midway_leaves_no_subscription_behind(
-    hub_and_source: tuple[Hub, LogSource], monkeypatch: pytest.MonkeyPatch
+    hub_and_source: tuple[Hub, FakeSource], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hub, source = hub_and_source
     monkeypatch.setattr(hub_module, "REPLAY_BATCH", 3)
@@ -161,7 +100,7 @@ async def test_a_replay_that_fails_midway_leaves_no_subscription_behind(
 
 
 async def test_a_failed_replay_keeps_the_channel_of_the_other_subscribers(
-    hub_and_source: tuple[Hub, LogSource],
+    hub_and_source: tuple[Hub, FakeSource],
 ) -> None:
     hub, source = hub_and_source
     for seq in (1, 2):
@@ -181,7 +120,7 @@ async def test_a_failed_replay_keeps_the_channel_of_the_other_subscribers(
 
 
 async def test_a_replay_given_up_on_while_the_client_reads_slowly_leaves_nothing_behind(
-    hub_and_source: tuple[Hub, LogSource],
+    hub_and_source: tuple[Hub, FakeSource],
 ) -> None:
     hub, source = hub_and_source
     for seq in range(1, 5):
@@ -202,7 +141,7 @@ async def test_a_replay_given_up_on_while_the_client_reads_slowly_leaves_nothing
 
 
 async def test_events_and_revocations_for_candidates_not_followed_here_are_dropped(
-    hub_and_source: tuple[Hub, LogSource],
+    hub_and_source: tuple[Hub, FakeSource],
 ) -> None:
     hub, source = hub_and_source
     conn = connect()
@@ -221,7 +160,7 @@ async def test_events_and_revocations_for_candidates_not_followed_here_are_dropp
     assert [f["seq"] for f in sent(conn)] == [1]
 
 
-async def test_a_duplicate_event_is_dispatched_once(hub_and_source: tuple[Hub, LogSource]) -> None:
+async def test_a_duplicate_event_is_dispatched_once(hub_and_source: tuple[Hub, FakeSource]) -> None:
     hub, source = hub_and_source
     conn = connect()
     await hub.register(conn)
@@ -234,7 +173,7 @@ async def test_a_duplicate_event_is_dispatched_once(hub_and_source: tuple[Hub, L
 
 
 async def test_an_event_ahead_of_a_gap_waits_for_the_gap_to_be_filled_from_the_log(
-    hub_and_source: tuple[Hub, LogSource],
+    hub_and_source: tuple[Hub, FakeSource],
 ) -> None:
     hub, source = hub_and_source
     conn = connect()
@@ -251,7 +190,7 @@ async def test_an_event_ahead_of_a_gap_waits_for_the_gap_to_be_filled_from_the_l
 
 
 async def test_closing_cancels_a_catch_up_in_flight() -> None:
-    source = LogSource()
+    source = FakeSource()
     hub = Hub(MemoryBroker(), MemoryPresence(), source)
     await hub.start()
     conn = connect()
@@ -274,7 +213,7 @@ def unread_frames(conn: Connection) -> list[dict[str, object]]:
 
 
 async def test_a_user_who_leaves_while_the_counts_are_read_again_is_forgotten(
-    hub_and_source: tuple[Hub, LogSource],
+    hub_and_source: tuple[Hub, FakeSource],
 ) -> None:
     hub, source = hub_and_source
     first, second = (ORG, USER_PK), (ORG, PEER_PK)
@@ -305,7 +244,7 @@ async def test_a_user_who_leaves_while_the_counts_are_read_again_is_forgotten(
 
 
 async def test_a_failed_reread_keeps_the_user_stale_until_the_next_change_reads_again(
-    hub_and_source: tuple[Hub, LogSource], caplog: pytest.LogCaptureFixture
+    hub_and_source: tuple[Hub, FakeSource], caplog: pytest.LogCaptureFixture
 ) -> None:
     hub, source = hub_and_source
     user = (ORG, USER_PK)
@@ -343,14 +282,10 @@ async def test_presence_renewals_that_fail_are_logged_and_retried(
             if len(renewals) == 1:
                 raise ConnectionError("presence store unreachable")
 
-    hub = Hub(MemoryBroker(), FlakyPresence(), LogSource())
-    await hub.start()
-    try:
+    async with running_hub(FakeSource(), FlakyPresence()) as hub:
         conn = connect()
         await hub.register(conn)
         with caplog.at_level(logging.WARNING, "agency_messaging.hub"):
             await eventually(lambda: len(renewals) >= 3)
         assert "Presence leases could not be renewed" in caplog.text
         assert ((ORG, USER_PK), conn.id) in renewals[-1]  # the loop went on after the failure
-    finally:
-        await hub.close()

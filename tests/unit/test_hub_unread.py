@@ -10,62 +10,23 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import orjson
 import pytest
 
 from channels import envelope
-from channels.backends.memory import MemoryBroker, MemoryPresence
-from channels.connection import Connection, ConnectionLimits
-from channels.hub import Hub, LoggedEvent, ReplayWindow
+from channels.connection import Connection
+from channels.hub import Hub
 from channels.unread import ThreadSnapshot
+from tests.support.hub import ORG, USER_PK, FakeSource, connect, running_hub, sent
 
-ORG, USER_PK, CAND, THREAD = 1, 10, 5, 7
+CAND, THREAD = 5, 7
 USER = (ORG, USER_PK)
 
 
-class GatedSource:
-    """Answers unread reads with `rows` as they are when the read is let through."""
-
-    def __init__(self) -> None:
-        self.rows: list[ThreadSnapshot] = []
-        self.gates: list[asyncio.Event] = []
-        self.reads = 0
-
-    def gate(self) -> asyncio.Event:
-        gate = asyncio.Event()
-        self.gates.append(gate)
-        return gate
-
-    async def unread_snapshot(self, connection: Connection) -> list[ThreadSnapshot]:
-        self.reads += 1
-        rows = list(self.rows)  # the database's snapshot is taken when the read starts
-        if self.gates:
-            await self.gates.pop(0).wait()
-        return rows
-
-    async def last_seqs(self, candidate_pks: list[int]) -> dict[int, int]:
-        return {pk: 0 for pk in candidate_pks}
-
-    async def window(self, candidate_pk: int) -> ReplayWindow:
-        return ReplayWindow(0, 0)
-
-    async def events_after(self, candidate_pk: int, after: int, limit: int) -> list[LoggedEvent]:
-        return []
-
-
 @pytest.fixture
-async def hub_and_source() -> AsyncIterator[tuple[Hub, GatedSource]]:
-    source = GatedSource()
-    hub = Hub(MemoryBroker(), MemoryPresence(), source)
-    await hub.start()
-    try:
+async def hub_and_source() -> AsyncIterator[tuple[Hub, FakeSource]]:
+    source = FakeSource()
+    async with running_hub(source) as hub:
         yield hub, source
-    finally:
-        await hub.close()
-
-
-def connection() -> Connection:
-    return Connection(ORG, USER_PK, "member", ConnectionLimits())
 
 
 def access_changed() -> bytes:
@@ -73,8 +34,7 @@ def access_changed() -> bytes:
 
 
 def unread_frames(conn: Connection) -> list[dict[str, object]]:
-    frames = [orjson.loads(f) for f in conn._queue]
-    return [f for f in frames if f["type"] == "unread"]
+    return [f for f in sent(conn) if f["type"] == "unread"]
 
 
 async def settle() -> None:
@@ -82,15 +42,15 @@ async def settle() -> None:
 
 
 async def test_access_revoked_during_the_first_read_is_reported(
-    hub_and_source: tuple[Hub, GatedSource],
+    hub_and_source: tuple[Hub, FakeSource],
 ) -> None:
     hub, source = hub_and_source
-    source.rows = [ThreadSnapshot(THREAD, CAND, "c5", 3, 9, 0)]
+    source.rows[USER] = [ThreadSnapshot(THREAD, CAND, "c5", 3, 9, 0)]
     gate = source.gate()
-    conn = connection()
+    conn = connect()
     registering = asyncio.create_task(hub.register(conn))
     await asyncio.sleep(0.01)
-    source.rows = []  # revoked: committed after the first read's snapshot
+    source.rows[USER] = []  # revoked: committed after the first read's snapshot
     await hub.on_broker_message(envelope.UNREAD_CHANNEL, access_changed())
     await asyncio.sleep(0.2)  # the unread loop must not start a competing read
     gate.set()
@@ -103,30 +63,30 @@ async def test_access_revoked_during_the_first_read_is_reported(
 
 
 async def test_a_handshake_given_up_on_does_not_leave_the_next_one_without_counts(
-    hub_and_source: tuple[Hub, GatedSource],
+    hub_and_source: tuple[Hub, FakeSource],
 ) -> None:
     hub, source = hub_and_source
-    source.rows = [ThreadSnapshot(THREAD, CAND, "c5", 3, 9, 0)]
+    source.rows[USER] = [ThreadSnapshot(THREAD, CAND, "c5", 3, 9, 0)]
     gate = source.gate()
-    first = asyncio.create_task(hub.register(connection()))
+    first = asyncio.create_task(hub.register(connect()))
     await asyncio.sleep(0.01)
     first.cancel()  # the client went away during the handshake
     await asyncio.gather(first, return_exceptions=True)
     # The read goes on (cancelling a query costs the database a connection)...
     assert USER not in hub.users and USER in hub._first_reads
-    second = connection()
+    second = connect()
     registering = asyncio.create_task(hub.register(second))
     await asyncio.sleep(0.01)
     gate.set()  # ...and the retry joins it instead of reading again
     await registering
-    assert hub.unread.knows(USER) and source.reads == 1
-    source.rows = []
+    assert hub.unread.knows(USER) and len(source.reads) == 1
+    source.rows[USER] = []
     await hub.on_broker_message(envelope.UNREAD_CHANNEL, access_changed())
     await settle()
     assert [(f["thread"], f["unread"]) for f in unread_frames(second)] == [(THREAD, 0)]
 
 
-async def test_a_failed_first_read_keeps_nothing(hub_and_source: tuple[Hub, GatedSource]) -> None:
+async def test_a_failed_first_read_keeps_nothing(hub_and_source: tuple[Hub, FakeSource]) -> None:
     hub, source = hub_and_source
 
     async def down(connection: Connection) -> list[ThreadSnapshot]:
@@ -134,11 +94,11 @@ async def test_a_failed_first_read_keeps_nothing(hub_and_source: tuple[Hub, Gate
 
     source.unread_snapshot = down  # type: ignore[method-assign]
     with pytest.raises(OSError):
-        await hub.register(connection())
+        await hub.register(connect())
     assert USER not in hub.users and not hub.unread.knows(USER)
 
 
-class InlineSource(GatedSource):
+class InlineSource(FakeSource):
     """Answers every unread read without yielding, as SQLite run inline does; the first
     read starts a second connect of the same user just before it returns. That connect
     runs after the read has finished but before the read's done-callbacks: the moment at
@@ -147,14 +107,14 @@ class InlineSource(GatedSource):
     def __init__(self, hub_of: list[Hub], late: list[asyncio.Task[None]]) -> None:
         super().__init__()
         self.hub_of, self.late = hub_of, late
-        self.second = connection()
+        self.second = connect()
 
     async def unread_snapshot(self, connection: Connection) -> list[ThreadSnapshot]:
-        self.reads += 1
+        self.reads.append(connection.user_key)
         if not self.late:
             hub = self.hub_of[0]
             self.late.append(asyncio.get_running_loop().create_task(hub.register(self.second)))
-        return list(self.rows)
+        return list(self.rows.get(connection.user_key, []))
 
 
 def _connect_twice_in_the_window() -> int:
@@ -164,16 +124,12 @@ def _connect_twice_in_the_window() -> int:
         hub_of: list[Hub] = []
         late: list[asyncio.Task[None]] = []
         source = InlineSource(hub_of, late)
-        hub = Hub(MemoryBroker(), MemoryPresence(), source)
-        hub_of.append(hub)
-        await hub.start()
-        try:
-            await hub.register(connection())
+        async with running_hub(source) as hub:
+            hub_of.append(hub)
+            await hub.register(connect())
             await asyncio.wait_for(late[0], 10)
             assert len(hub.users[USER]) == 2 and hub.unread.knows(USER)
-            return source.reads
-        finally:
-            await hub.close()
+            return len(source.reads)
 
     return asyncio.run(scenario())
 
@@ -196,11 +152,11 @@ def test_a_connect_that_finds_the_shared_read_just_finished_does_not_freeze_the_
 
 
 async def test_a_read_whose_handshakes_were_all_given_up_on_keeps_nothing(
-    hub_and_source: tuple[Hub, GatedSource],
+    hub_and_source: tuple[Hub, FakeSource],
 ) -> None:
     hub, source = hub_and_source
     gate = source.gate()
-    first = asyncio.create_task(hub.register(connection()))
+    first = asyncio.create_task(hub.register(connect()))
     await asyncio.sleep(0.01)
     first.cancel()
     await asyncio.gather(first, return_exceptions=True)
@@ -209,6 +165,6 @@ async def test_a_read_whose_handshakes_were_all_given_up_on_keeps_nothing(
     await reading
     assert not hub.unread.knows(USER) and USER not in hub._first_reads
     # The next connect reads afresh: counts kept with nobody connected would go stale.
-    source.rows = [ThreadSnapshot(THREAD, CAND, "c5", 2, 9, 0)]
-    await hub.register(connection())
-    assert source.reads == 2 and hub.unread.knows(USER)
+    source.rows[USER] = [ThreadSnapshot(THREAD, CAND, "c5", 2, 9, 0)]
+    await hub.register(connect())
+    assert len(source.reads) == 2 and hub.unread.knows(USER)

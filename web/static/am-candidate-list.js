@@ -1,7 +1,7 @@
 // <agency-candidate-list>: the candidates the user sees, each linking to its page, with a
 // blue dot while it has unread messages. Dots move live with `unread` frames.
 
-import { api, client, el, listen } from "./am-shared.js";
+import { api, blueDot, client, el, listen } from "./am-shared.js";
 
 class AgencyCandidateList extends HTMLElement {
   connectedCallback() {
@@ -24,7 +24,7 @@ class AgencyCandidateList extends HTMLElement {
     const { candidates } = await api("/api/v1/candidates?limit=500");
     this.list.replaceChildren(...candidates.map((c) => el("li", { "data-candidate": c.id },
       el("a", { href: `/candidates/${encodeURIComponent(c.id)}`, text: c.name }),
-      el("span", { class: "blue-dot", role: "img", "aria-label": `${c.unread} unread`, hidden: !c.unread }))));
+      blueDot({ "aria-label": `${c.unread} unread`, hidden: !c.unread }))));
   }
 
   setDot(candidateId, unread) {

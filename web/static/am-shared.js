@@ -77,6 +77,9 @@ export function el(tag, attributes = {}, ...children) {
   return node;
 }
 
+// The blue dot of unread messages: hidden from assistive technology, unless given an
+// "aria-label", which makes it an image of that name.
 export function blueDot(attributes = {}) {
-  return el("span", { class: "blue-dot", "aria-hidden": "true", ...attributes });
+  const named = "aria-label" in attributes;
+  return el("span", { class: "blue-dot", "aria-hidden": !named && "true", role: named && "img", ...attributes });
 }

@@ -5,7 +5,7 @@
 // (unread frames are not replayed). Between those, frames alone move it: counts come in
 // `unread` and `unread.summary`, message text in `message.created` (see am-unread-state.js).
 
-import { api, client, el, follow, listen, me, requestOpen } from "./am-shared.js";
+import { api, blueDot, client, el, follow, listen, me, requestOpen } from "./am-shared.js";
 import { CandidateUnread } from "./am-unread-state.js";
 
 const FRAMES = ["unread", "unread.summary", "message.created", "message.deleted"];
@@ -73,7 +73,7 @@ class AgencyUnreadLine extends HTMLElement {
 
   line(message) {
     return el("button", { type: "button", class: "am-new-line", onclick: () => requestOpen(this.candidateId) },
-      el("span", { class: "blue-dot", "aria-hidden": "true" }),
+      blueDot(),
       el("strong", { text: `New message from ${message.author.name}: ` }),
       el("span", { class: "am-new-text", text: message.body ?? "" }));
   }
