@@ -44,7 +44,7 @@ def clean_text(value: str) -> str:
 
 def _host_id(value: str) -> str:
     if not HOST_ID.fullmatch(value):
-        raise ValueError("must match [A-Za-z0-9_.-]{1,64}")
+        raise ValueError(HOST_ID_RULE)
     return value
 
 

@@ -11,10 +11,11 @@ import jwt
 from sqlalchemy import bindparam, delete, select, union
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from storage.models import EmailMute, EmailOutbox, User
+from storage.models import Candidate, EmailMute, EmailOutbox, User
 
 UNSUBSCRIBE_PURPOSE = "unsubscribe"
 UNSUBSCRIBE_TTL_SECONDS = 365 * 24 * 3600
+INVALID_UNSUBSCRIBE_LINK = "This unsubscribe link is not valid (or has expired)."
 
 
 class BadUnsubscribeToken(ValueError):
@@ -25,6 +26,48 @@ class BadUnsubscribeToken(ValueError):
 class UnsubscribeRequest:
     user_pk: int
     candidate_pk: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Preferences:
+    """A user's alert settings: everything muted, and the candidates muted one by one
+    (their external ids, sorted)."""
+
+    muted: bool
+    muted_candidates: list[str]
+
+    def to_json(self) -> dict[str, object]:
+        return {"muted": self.muted, "muted_candidates": self.muted_candidates}
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeTarget:
+    """Whom and what an unsubscribe link mutes, by name (for the page that asks)."""
+
+    user_name: str
+    candidate_name: str | None  # None: every candidate, or one erased since
+
+
+async def get_preferences(session: AsyncSession, user_pk: int) -> Preferences:
+    user = await session.get(User, user_pk)
+    rows = await session.scalars(
+        select(Candidate.ext_id)
+        .join(EmailMute, EmailMute.candidate_pk == Candidate.pk)
+        .where(EmailMute.user_pk == user_pk)
+        .order_by(Candidate.ext_id)
+    )
+    return Preferences(bool(user and user.email_muted), list(rows))
+
+
+async def unsubscribe_target(
+    session: AsyncSession, request: UnsubscribeRequest
+) -> UnsubscribeTarget | None:
+    """What the link would mute, or None when its user no longer exists."""
+    user = await session.get(User, request.user_pk)
+    if user is None:
+        return None
+    candidate = await session.get(Candidate, request.candidate_pk) if request.candidate_pk else None
+    return UnsubscribeTarget(user.name, candidate.name if candidate else None)
 
 
 async def is_muted(session: AsyncSession, user_pk: int, candidate_pk: int) -> bool:
@@ -99,12 +142,12 @@ def read_unsubscribe_token(secret: str, token: str) -> UnsubscribeRequest:
     try:
         claims = jwt.decode(token, secret, algorithms=["HS256"], options={"require": ["exp"]})
     except jwt.PyJWTError:
-        raise BadUnsubscribeToken("This unsubscribe link is not valid (or has expired).") from None
+        raise BadUnsubscribeToken(INVALID_UNSUBSCRIBE_LINK) from None
     user_pk, candidate_pk = claims.get("u"), claims.get("c")
     if claims.get("purpose") != UNSUBSCRIBE_PURPOSE or not isinstance(user_pk, int):
-        raise BadUnsubscribeToken("This unsubscribe link is not valid (or has expired).")
+        raise BadUnsubscribeToken(INVALID_UNSUBSCRIBE_LINK)
     if candidate_pk is not None and not isinstance(candidate_pk, int):
-        raise BadUnsubscribeToken("This unsubscribe link is not valid (or has expired).")
+        raise BadUnsubscribeToken(INVALID_UNSUBSCRIBE_LINK)
     return UnsubscribeRequest(user_pk, candidate_pk)
 
 

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from channels.interfaces import Presence
@@ -23,7 +22,7 @@ from mailer.compose import Alert, AlertLine, compose
 from mailer.preferences import is_muted, unsubscribe_link
 from mailer.transport import PermanentError, TransientError, Transport
 from storage.database import Database
-from storage.models import Candidate, EmailOutbox, Message, ReadMarker, Thread, User, utcnow
+from storage.models import Candidate, EmailOutbox, Thread, User, utcnow
 
 log = logging.getLogger("agency_messaging.mailer")
 
@@ -38,6 +37,12 @@ class ThreadAccess(Protocol):
         """Whether the user sees the thread now."""
 
     def is_private(self, thread: Thread) -> bool: ...
+
+    async def unread_lines(
+        self, session: AsyncSession, user: User, thread: Thread, from_id: int
+    ) -> list[AlertLine]:
+        """The thread's messages still unread for the user from message `from_id` on,
+        oldest first (the domain says what "unread" is)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,23 +162,7 @@ class AlertWorker:
                 return None, "no access"
             if await is_muted(session, user.pk, candidate.pk):
                 return None, "muted"
-            marker = await session.scalar(
-                select(ReadMarker.message_id).where(
-                    ReadMarker.user_pk == user.pk, ReadMarker.thread_id == thread.id
-                )
-            )
-            rows = await session.execute(
-                select(Message, User.name)
-                .join(User, User.pk == Message.author_pk)
-                .where(
-                    Message.thread_id == thread.id,
-                    Message.id > max(marker or 0, row.first_message_id - 1),
-                    Message.author_pk != user.pk,
-                    Message.deleted.is_(False),
-                )
-                .order_by(Message.id)
-            )
-            lines = [AlertLine(name, m.body or "", m.created_at) for m, name in rows]
+            lines = await self.access.unread_lines(session, user, thread, row.first_message_id)
         if not lines:
             return None, "read"
         if await self.presence.online([(user.org_pk, user.pk)]):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from mailer.compose import AlertLine
 from server.domain import rules, views
 from server.domain.errors import NotFound
 from server.domain.rules import PRIVATE_THREAD, Actor, CandidateAccess, ThreadRef
@@ -205,3 +206,9 @@ class AlertAccess:
 
     def is_private(self, thread: Thread) -> bool:
         return thread.kind == rules.PRIVATE_THREAD
+
+    async def unread_lines(
+        self, session: AsyncSession, user: User, thread: Thread, from_id: int
+    ) -> list[AlertLine]:
+        unread = await views.unread_messages(session, user.pk, thread.id, from_id=from_id)
+        return [AlertLine(m.author_name, m.body, m.created_at) for m in unread]

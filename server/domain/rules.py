@@ -121,6 +121,16 @@ def thread_viewers(candidate: CandidateAccess, thread: ThreadRef) -> frozenset[i
     return frozenset(viewers)
 
 
+def visible_agency_users(actor: Actor, candidate: CandidateAccess) -> frozenset[int]:
+    """The agency users of the candidate that the actor is shown: every linked one to a
+    member, only itself to an agency user, none to someone who does not see the candidate."""
+    if not can_see_candidate(actor, candidate):
+        return frozenset()
+    if actor.is_member:
+        return candidate.agency_user_pks
+    return frozenset({actor.pk})
+
+
 def require_candidate(actor: Actor, candidate: CandidateAccess | None) -> CandidateAccess:
     if candidate is None or not can_see_candidate(actor, candidate):
         raise NotFound("No such candidate.")

@@ -9,14 +9,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from channels.protocol import HOST_ID, MAX_ID
-from server.domain import facts, rules, views
+from server.domain import queries
 from server.domain.actions import OpenThreadRequest
 from server.domain.auth import SESSION_COOKIE, authenticate_token, bearer_token
-from server.domain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from server.domain.errors import Forbidden, InvalidInput, Unauthorized
 from server.domain.facts import Principal
-from server.edge.http import JSONResponse, path_int, query_int, read_json
-from server.edge.origins import origin_allowed
+from server.edge.http import JSONResponse, path_host_id, path_int, query_int, read_json
+from server.edge.origins import connection_origin_allowed
 from server.edge.schemas import (
+    DEFAULT_CANDIDATE_PAGE,
+    DEFAULT_MESSAGE_PAGE,
     MAX_CANDIDATE_PAGE,
     MAX_MESSAGE_PAGE,
     OpenThreadIn,
@@ -25,25 +27,16 @@ from server.edge.schemas import (
     SessionIn,
 )
 from server.edge.services import services
-from storage.models import Candidate
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def _check_origin(request: Request, *, required: bool) -> None:
-    origin = request.headers.get("origin")
-    if origin is None:
+    if request.headers.get("origin") is None:
         if required:
             raise Forbidden("A cookie-authenticated request must carry an Origin header.")
         return
-    s = services(request).settings
-    if not origin_allowed(
-        origin,
-        scheme=request.url.scheme,
-        host=request.headers.get("host"),
-        allowed=s.allowed_origins,
-        public_url=s.public_url,
-    ):
+    if not connection_origin_allowed(request, services(request).settings):
         raise Forbidden("Requests from this origin are not allowed.")
 
 
@@ -100,77 +93,35 @@ async def me(request: Request) -> Response:
 
 
 def path_candidate(request: Request) -> str:
-    candidate_id: str = request.path_params["cand"]
-    if not HOST_ID.fullmatch(candidate_id):
-        raise InvalidInput("The candidate id must match [A-Za-z0-9_.-]{1,64}.")
-    return candidate_id
-
-
-async def _visible_candidate(
-    request: Request, who: Principal
-) -> tuple[Candidate, rules.CandidateAccess]:
-    candidate_id = path_candidate(request)
-    async with services(request).db.read() as session:
-        return await facts.visible_candidate(session, who.actor, candidate_id)
+    return path_host_id(request, "cand", "candidate")
 
 
 async def list_candidates(request: Request) -> Response:
     """The caller's candidates with their unread counts (an extension of the contract)."""
     who = await principal(request)
-    limit = query_int(request, "limit", low=1, high=MAX_CANDIDATE_PAGE) or 100
+    limit = query_int(request, "limit", low=1, high=MAX_CANDIDATE_PAGE) or DEFAULT_CANDIDATE_PAGE
     after = request.query_params.get("after") or None
     if after is not None and not HOST_ID.fullmatch(after):
         raise InvalidInput("after must be a candidate id.")
     async with services(request).db.read() as session:
-        rows, has_more = await views.visible_candidates(
-            session, who.actor, after=after, limit=limit
-        )
-        unread: dict[int, int] = {}
-        for item in await views.unread_threads(session, who.actor):
-            unread[item.candidate_pk] = unread.get(item.candidate_pk, 0) + item.unread
-    return JSONResponse(
-        {
-            "candidates": [
-                {"id": c.ext_id, "name": c.name, "unread": unread.get(c.pk, 0)} for c in rows
-            ],
-            "has_more": has_more,
-        }
-    )
+        page, has_more = await queries.candidate_page(session, who.actor, after=after, limit=limit)
+    return JSONResponse({"candidates": page, "has_more": has_more})
 
 
 async def get_candidate(request: Request) -> Response:
     who = await principal(request)
-    candidate, access = await _visible_candidate(request, who)
+    candidate_id = path_candidate(request)
     async with services(request).db.read() as session:
-        partners = await facts.earlier_private_partners(session, who.actor)
-        contacts = rules.private_contacts(who.actor, access, partners)
-        agency_pks = access.agency_user_pks if who.actor.is_member else frozenset({who.actor.pk})
-        wanted = set(agency_pks) | set(contacts)
-        if access.coordinator_pk is not None:
-            wanted.add(access.coordinator_pk)
-        users = await views.users_by_pk(session, wanted)
-        unread = sum(t.unread for t in await views.unread_threads(session, who.actor, candidate.pk))
-    coordinator = users.get(access.coordinator_pk) if access.coordinator_pk else None
-    return JSONResponse(
-        {
-            "id": candidate.ext_id,
-            "name": candidate.name,
-            "coordinator": views.user_json(coordinator),
-            "agency_users": views.ordered_users(users, agency_pks),
-            "private_contacts": views.ordered_users(users, contacts),
-            "unread": unread,
-            "seq": candidate.last_seq,
-        }
-    )
+        candidate = await queries.candidate_detail(session, who.actor, candidate_id)
+    return JSONResponse(candidate)
 
 
 async def list_threads(request: Request) -> Response:
     who = await principal(request)
-    candidate, _ = await _visible_candidate(request, who)
+    candidate_id = path_candidate(request)
     async with services(request).db.read() as session:
-        threads = await views.visible_threads(session, who.actor, candidate.pk)
-        body = await views.threads_json(session, who.actor, threads, candidate.ext_id)
-    return JSONResponse({"threads": body})
+        threads = await queries.candidate_threads(session, who.actor, candidate_id)
+    return JSONResponse({"threads": threads})
 
 
 async def open_thread(request: Request) -> Response:
@@ -192,16 +143,14 @@ async def list_messages(request: Request) -> Response:
     thread_id = path_int(request, "id")
     before = query_int(request, "before", low=1, high=MAX_ID)
     after = query_int(request, "after", low=0, high=MAX_ID)
-    limit = query_int(request, "limit", low=1, high=MAX_MESSAGE_PAGE) or 50
+    limit = query_int(request, "limit", low=1, high=MAX_MESSAGE_PAGE) or DEFAULT_MESSAGE_PAGE
     if before is not None and after is not None:
         raise InvalidInput("Send before or after, not both.")
     async with services(request).db.read() as session:
-        target = await facts.thread_target(await session.connection(), who.actor, thread_id)
-        rules.check_read(who.actor, target.access, target.ref)
-        rows, has_more = await views.message_page(
-            session, thread_id, before=before, after=after, limit=limit
+        messages, has_more = await queries.history(
+            session, who.actor, thread_id, before=before, after=after, limit=limit
         )
-    return JSONResponse({"messages": [r.to_json() for r in rows], "has_more": has_more})
+    return JSONResponse({"messages": messages, "has_more": has_more})
 
 
 async def send_message(request: Request) -> Response:
@@ -218,7 +167,9 @@ async def send_message(request: Request) -> Response:
 
 async def delete_message(request: Request) -> Response:
     who = await principal(request)
-    await services(request).messaging.delete(who, path_int(request, "id"))
+    s = services(request)
+    await s.messaging.delete(who, path_int(request, "id"))
+    s.metrics.messages_deleted.labels("rest").inc()
     return Response(status_code=204)
 
 
@@ -234,19 +185,8 @@ async def unread_summary(request: Request) -> Response:
     """The blue dots: candidates with unread messages, each with its newest unread message."""
     who = await principal(request)
     async with services(request).db.read() as session:
-        per_candidate: dict[int, tuple[int, int]] = {}
-        for t in await views.unread_threads(session, who.actor):
-            count, newest = per_candidate.get(t.candidate_pk, (0, 0))
-            per_candidate[t.candidate_pk] = (count + t.unread, max(newest, t.newest_unread_id or 0))
-        latest = await views.messages_by_id(session, [n for _, n in per_candidate.values()])
-    out = []
-    for count, newest in per_candidate.values():
-        row = latest.get(newest)
-        if row is None:
-            raise NotFound("No such message.")  # pragma: no cover - same snapshot
-        out.append({"candidate": row.candidate_id, "unread": count, "latest": row.to_json()})
-    out.sort(key=lambda item: -item["latest"]["id"])  # type: ignore[index,operator]
-    return JSONResponse({"candidates": out})
+        candidates = await queries.unread_summary(session, who.actor)
+    return JSONResponse({"candidates": candidates})
 
 
 routes = [

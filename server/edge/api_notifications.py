@@ -6,7 +6,6 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
@@ -15,11 +14,10 @@ from mailer import preferences
 from server.domain import facts
 from server.domain.errors import InvalidInput, NotFound
 from server.edge.api import principal
-from server.edge.http import MAX_BODY_BYTES, JSONResponse, TooLarge, read_json
+from server.edge.http import JSONResponse, read_body, read_json
 from server.edge.pages import SECURITY_HEADERS
 from server.edge.schemas import NotificationsIn
 from server.edge.services import services
-from storage.models import Candidate, EmailMute, User
 
 _pages = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -29,14 +27,7 @@ _pages = Environment(
 
 async def _preferences_json(request: Request, user_pk: int) -> dict[str, object]:
     async with services(request).db.read() as session:
-        user = await session.get(User, user_pk)
-        rows = await session.scalars(
-            select(Candidate.ext_id)
-            .join(EmailMute, EmailMute.candidate_pk == Candidate.pk)
-            .where(EmailMute.user_pk == user_pk)
-            .order_by(Candidate.ext_id)
-        )
-        return {"muted": bool(user and user.email_muted), "muted_candidates": list(rows)}
+        return (await preferences.get_preferences(session, user_pk)).to_json()
 
 
 async def get_notifications(request: Request) -> Response:
@@ -88,20 +79,17 @@ async def unsubscribe_page(request: Request) -> Response:
     except preferences.BadUnsubscribeToken as error:
         return _page(400, error=str(error))
     async with s.db.read() as session:
-        user = await session.get(User, ask.user_pk)
-        candidate = await session.get(Candidate, ask.candidate_pk) if ask.candidate_pk else None
-    if user is None:
-        return _page(400, error="This unsubscribe link is not valid (or has expired).")
-    return _page(name=user.name, token=token, candidate=candidate.name if candidate else None)
+        target = await preferences.unsubscribe_target(session, ask)
+    if target is None:
+        return _page(400, error=preferences.INVALID_UNSUBSCRIBE_LINK)
+    return _page(name=target.user_name, token=token, candidate=target.candidate_name)
 
 
 async def unsubscribe(request: Request) -> Response:
     """Mutes alerts: from the page's form (scope=candidate|all) or a mail client's
     one-click unsubscribe (RFC 8058: the token in the URL, List-Unsubscribe=One-Click)."""
     s = services(request)
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise TooLarge("The request body is too large.")
+    raw = await read_body(request)
     form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items() if v}
     token = form.get("token") or request.query_params.get("token", "")
     try:
@@ -111,8 +99,8 @@ async def unsubscribe(request: Request) -> Response:
     if form.get("scope") == "all":
         ask = preferences.UnsubscribeRequest(ask.user_pk, None)
     async with s.db.write() as session:
-        if await session.get(User, ask.user_pk) is None:
-            return _page(400, error="This unsubscribe link is not valid (or has expired).")
+        if await preferences.unsubscribe_target(session, ask) is None:
+            return _page(400, error=preferences.INVALID_UNSUBSCRIBE_LINK)
         await preferences.mute(session, ask)
     what = "about this candidate" if ask.candidate_pk else "at all"
     return _page(done=f"Done: you will get no more alert emails {what}.")

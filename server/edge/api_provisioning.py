@@ -6,24 +6,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from channels.protocol import HOST_ID
 from server.domain.auth import check_service_token
-from server.domain.errors import InvalidInput
 from server.domain.provisioning import CandidateSpec, UserSpec
-from server.edge.http import JSONResponse, read_json
+from server.edge.http import JSONResponse, path_host_id, read_json
 from server.edge.schemas import CandidateIn, NamedIn, UserIn
 from server.edge.services import services
 
 
 def _ids(request: Request, *names: str) -> list[str]:
     check_service_token(services(request).settings.service_token, request.headers)
-    values = []
-    for name in names:
-        value: str = request.path_params[name]
-        if not HOST_ID.fullmatch(value):
-            raise InvalidInput(f"The {name} id must match [A-Za-z0-9_.-]{{1,64}}.")
-        values.append(value)
-    return values
+    return [path_host_id(request, name) for name in names]
 
 
 def _upserted(body: dict[str, object], created: bool) -> Response:

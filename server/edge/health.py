@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from server.domain.errors import Unavailable
 from server.edge.http import JSONResponse
 from server.edge.metrics import CONTENT_TYPE_LATEST
 from server.edge.services import services
@@ -33,14 +34,9 @@ async def readyz(request: Request) -> Response:
         except Exception:  # any failure means "not ready"; the name says which part
             failing.append(name)
     if failing:
-        return JSONResponse(
-            {
-                "status": "unavailable",
-                "failing": failing,
-                "error": {"code": "unavailable", "message": f"Not ready: {', '.join(failing)}."},
-            },
-            status_code=503,
-        )
+        error = Unavailable(f"Not ready: {', '.join(failing)}.")
+        body = {"status": "unavailable", "failing": failing, **error.to_json()}
+        return JSONResponse(body, status_code=error.status)
     return JSONResponse({"status": "ok", "checks": sorted(checks)})
 
 

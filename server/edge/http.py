@@ -9,7 +9,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from channels.protocol import MAX_ID
+from channels.protocol import HOST_ID, HOST_ID_RULE, MAX_ID
 from server.domain.errors import AppError, InvalidInput
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -42,10 +42,16 @@ def describe_validation(error: ValidationError, whole: str = "body") -> str:
     return f"{where}: {first['msg']}."
 
 
-async def read_json(request: Request, model: type[ModelT]) -> ModelT:
+async def read_body(request: Request) -> bytes:
+    """The request body, refused (413) over MAX_BODY_BYTES."""
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
         raise TooLarge(f"The request body is over {MAX_BODY_BYTES} bytes.")
+    return raw
+
+
+async def read_json(request: Request, model: type[ModelT]) -> ModelT:
+    raw = await read_body(request)
     try:
         data = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
@@ -56,6 +62,14 @@ async def read_json(request: Request, model: type[ModelT]) -> ModelT:
         return model.model_validate(data)
     except ValidationError as error:
         raise InvalidInput(describe_validation(error)) from None
+
+
+def path_host_id(request: Request, name: str, what: str | None = None) -> str:
+    """A path parameter holding one of the host ATS's ids (`what` names it in the error)."""
+    value: str = request.path_params[name]
+    if not HOST_ID.fullmatch(value):
+        raise InvalidInput(f"The {what or name} id {HOST_ID_RULE}.")
+    return value
 
 
 def path_int(request: Request, name: str) -> int:

@@ -10,6 +10,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 
+TRANSPORTS = ("rest", "ws")
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -27,7 +30,11 @@ class Metrics:
         self.messages_sent = Counter(
             "am_messages_sent", "Messages stored, by transport.", ["transport"], registry=r
         )
-        self.messages_deleted = Counter("am_messages_deleted", "Messages deleted.", registry=r)
+        self.messages_deleted = Counter(
+            "am_messages_deleted", "Messages deleted, by transport.", ["transport"], registry=r
+        )
+        for transport in TRANSPORTS:  # each series shows from the start, at 0
+            self.messages_deleted.labels(transport)
         self.ws_connections = Gauge("am_ws_connections", "Open WebSocket connections.", registry=r)
         self.ws_events = Counter(
             "am_ws_events_sent", "Events queued to WebSocket connections.", ["type"], registry=r

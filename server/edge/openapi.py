@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from channels.protocol import HostId, Id, Seq
+from server.domain.auth import SESSION_COOKIE
 from server.domain.errors import (
     AppError,
     Conflict,
@@ -27,7 +28,7 @@ from server.domain.errors import (
     Unavailable,
 )
 from server.edge import responses as out
-from server.edge.http import JSONResponse, TooLarge
+from server.edge.http import MAX_BODY_BYTES, JSONResponse, TooLarge
 from server.edge.schemas import (
     CandidateIn,
     CandidatePageLimit,
@@ -72,7 +73,7 @@ ERROR_TEXT: Final[Mapping[type[AppError], str]] = {
     Forbidden: "The caller sees the thing but may not do this (or a failed Origin check)",
     NotFound: "Absent, or not visible to the caller",
     Conflict: "The request contradicts stored state",
-    TooLarge: "The request body is over 1 MiB",
+    TooLarge: f"The request body is over {MAX_BODY_BYTES / 2**20:g} MiB",
     InvalidInput: "Malformed input",
     RateLimited: "Too many requests for now (see Retry-After)",
     Unavailable: "A backing service does not answer; retry later",
@@ -87,7 +88,7 @@ SECURITY: Final[Mapping[Auth, list[Schema]]] = {
 }
 SECURITY_SCHEMES: Final = {
     "userToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
-    "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "am_session"},
+    "sessionCookie": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE},
     "serviceToken": {"type": "http", "scheme": "bearer"},
 }
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from starlette.requests import HTTPConnection
+
+from server.settings import Settings
+
 _HTTP_SCHEME = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
 
 
@@ -30,3 +34,19 @@ def origin_allowed(
         return False
     own = {own_origin(scheme, host), normalise(public_url)}
     return candidate in own or candidate in allowed
+
+
+def connection_origin_allowed(conn: HTTPConnection, settings: Settings) -> bool:
+    """Whether the Origin header of a request or WebSocket handshake names an origin allowed
+    by the settings (or the server's own). False without an Origin header: whether one is
+    required is the caller's decision."""
+    origin = conn.headers.get("origin")
+    if origin is None:
+        return False
+    return origin_allowed(
+        origin,
+        scheme=conn.url.scheme,
+        host=conn.headers.get("host"),
+        allowed=settings.allowed_origins,
+        public_url=settings.public_url,
+    )

@@ -18,11 +18,18 @@ from pydantic import (
 
 from channels.protocol import Body, ClientId, HostId, Id, clean_text
 
-# The `limit` bounds of the list endpoints (tests/test_openapi.py probes both ends).
+# The `limit` bounds of the list endpoints (tests/test_openapi.py probes both ends), and the
+# page sizes without one.
 MAX_MESSAGE_PAGE = 100
 MAX_CANDIDATE_PAGE = 500
-MessagePageLimit = Annotated[StrictInt, Field(ge=1, le=MAX_MESSAGE_PAGE)]
-CandidatePageLimit = Annotated[StrictInt, Field(ge=1, le=MAX_CANDIDATE_PAGE)]
+DEFAULT_MESSAGE_PAGE = 50
+DEFAULT_CANDIDATE_PAGE = 100
+MessagePageLimit = Annotated[
+    StrictInt, Field(ge=1, le=MAX_MESSAGE_PAGE, default=DEFAULT_MESSAGE_PAGE)
+]
+CandidatePageLimit = Annotated[
+    StrictInt, Field(ge=1, le=MAX_CANDIDATE_PAGE, default=DEFAULT_CANDIDATE_PAGE)
+]
 
 
 def _name(value: str) -> str:

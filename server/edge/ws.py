@@ -51,7 +51,7 @@ from server.edge.guard import (
 )
 from server.edge.http import describe_validation, error_response
 from server.edge.middleware import UNAVAILABLE_ERRORS
-from server.edge.origins import origin_allowed
+from server.edge.origins import connection_origin_allowed
 from server.edge.services import Realtime, Services, services
 
 log = logging.getLogger("agency_messaging.ws")
@@ -71,14 +71,7 @@ def _error(ref: Any, error: AppError) -> str:
 
 async def _authenticate(ws: WebSocket, s: Services) -> tuple[Principal, int] | None:
     """The principal and token expiry, or None when the handshake must be refused."""
-    origin = ws.headers.get("origin")
-    if origin is not None and not origin_allowed(
-        origin,
-        scheme=ws.url.scheme,
-        host=ws.headers.get("host"),
-        allowed=s.settings.allowed_origins,
-        public_url=s.settings.public_url,
-    ):
+    if ws.headers.get("origin") is not None and not connection_origin_allowed(ws, s.settings):
         return None
     try:
         token = bearer_token(ws.headers) or ws.cookies.get(SESSION_COOKIE)
@@ -356,7 +349,7 @@ async def _apply(frame: ClientFrame, conn: Connection, s: Services) -> str:
         return protocol.ack_read(frame.ref, unread)
     assert isinstance(frame, Delete)
     await s.messaging.delete(who, frame.message)
-    s.metrics.messages_deleted.inc()
+    s.metrics.messages_deleted.labels("ws").inc()
     return protocol.ack_delete(frame.ref, frame.message)
 
 
