@@ -10,8 +10,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
 
 from channels.backends import create_broker, create_presence
 from channels.connection import ConnectionLimits
@@ -21,7 +19,6 @@ from mailer.outbox import AlertScheduler
 from mailer.transport import Transport, create_transport
 from mailer.worker import AlertWorker, WorkerOptions
 from server.domain.actions import Messaging
-from server.domain.errors import AppError
 from server.domain.eventlog import SqlEventSource, prune_events
 from server.domain.facts import AlertAccess
 from server.domain.fanout import BrokerSink
@@ -29,7 +26,7 @@ from server.domain.provisioning import Provisioning
 from server.domain.ratelimit import SendRateLimiter
 from server.edge import api, api_notifications, api_provisioning, health, openapi, pages, ws
 from server.edge.guard import ConnectionGuard
-from server.edge.http import error_response
+from server.edge.http import http_exception
 from server.edge.metrics import Metrics
 from server.edge.middleware import RequestMiddleware
 from server.edge.services import Realtime, Services
@@ -39,21 +36,6 @@ from storage import migrate
 from storage.database import Database
 
 log = logging.getLogger("agency_messaging")
-
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "invalid"}
-
-
-class _HttpError(AppError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = _HTTP_CODES.get(status, "invalid")
-
-
-async def _http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    message = "No such endpoint." if exc.status_code == 404 else str(exc.detail)
-    return error_response(_HttpError(exc.status_code, message))
 
 
 async def prepare_schema(db: Database, settings: Settings, auto_migrate: bool | None) -> None:
@@ -186,7 +168,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         middleware=[Middleware(RequestMiddleware, metrics=metrics)],
-        exception_handlers={HTTPException: _http_exception},
+        exception_handlers={HTTPException: http_exception},
         lifespan=lifespan,
     )
     app.state.guard = guard  # the listener's protocol shares it (server.edge.serving)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from channels.backends import BROKERS
@@ -97,6 +98,9 @@ def _networks(raw: str) -> tuple[IPNetwork, ...]:
         ) from None
 
 
+_GUARD = GuardLimits()
+
+
 @dataclass(frozen=True)
 class Settings:
     secret: str
@@ -113,11 +117,11 @@ class Settings:
     email_from: str = ""
     smtp_timeout_seconds: float = 30.0
     run_email_worker: bool = True
-    handshake_timeout_seconds: float = 10.0
-    max_pending_handshakes: int = 1024
-    max_handshakes_per_address: int = 0
-    max_sockets_per_address: int = 0
-    trusted_proxies: tuple[IPNetwork, ...] = ()
+    handshake_timeout_seconds: float = _GUARD.handshake_timeout_seconds
+    max_pending_handshakes: int = _GUARD.max_pending_handshakes
+    max_handshakes_per_address: int = _GUARD.max_handshakes_per_address
+    max_sockets_per_address: int = _GUARD.max_sockets_per_address
+    trusted_proxies: tuple[IPNetwork, ...] = _GUARD.trusted_proxies
     var_dir: Path = Path("var")
     web_dir: Path = Path(__file__).resolve().parent.parent / "web"
 
@@ -156,7 +160,7 @@ class Settings:
         if len(service_token) < 16:
             raise ConfigError("AM_SERVICE_TOKEN must be set to a token of at least 16 characters.")
         var_dir = Path(env.get("AM_VAR_DIR", "var"))
-        broker_url = env.get("AM_BROKER_URL", "") or "memory://"
+        broker_url = env.get("AM_BROKER_URL", "") or _default("broker_url")
         if urlsplit(broker_url).scheme not in BROKERS:
             raise ConfigError(
                 f"AM_BROKER_URL must start with memory:// or redis://, not {broker_url!r}."
@@ -164,30 +168,53 @@ class Settings:
         smtp_url = env.get("AM_SMTP_URL", "") or None
         if smtp_url and urlsplit(smtp_url).scheme not in ("smtp", "smtps"):
             raise ConfigError("AM_SMTP_URL must start with smtp:// or smtps://.")
-        handshake_timeout = _float(env, "AM_HANDSHAKE_TIMEOUT_SECONDS", 10.0)
+        handshake_timeout = _float(
+            env, "AM_HANDSHAKE_TIMEOUT_SECONDS", _default("handshake_timeout_seconds")
+        )
         if handshake_timeout == 0:
             raise ConfigError("AM_HANDSHAKE_TIMEOUT_SECONDS must be more than 0.")
-        public_url = (env.get("AM_PUBLIC_URL", "") or "http://localhost:8000").rstrip("/")
+        public_url = (env.get("AM_PUBLIC_URL", "") or _default("public_url")).rstrip("/")
         return cls(
             secret=secret,
             service_token=service_token,
             database_url=env.get("AM_DATABASE_URL", "") or default_sqlite_url(var_dir),
             broker_url=broker_url,
             smtp_url=smtp_url,
-            email_delay_seconds=_float(env, "AM_EMAIL_DELAY_SECONDS", 120.0),
+            email_delay_seconds=_float(
+                env, "AM_EMAIL_DELAY_SECONDS", _default("email_delay_seconds")
+            ),
             allowed_origins=_origins(env.get("AM_ALLOWED_ORIGINS", "")),
             public_url=public_url,
-            send_rate_per_minute=_int(env, "AM_SEND_RATE_PER_MINUTE", 120),
-            max_connections_per_user=_int(env, "AM_MAX_CONNECTIONS_PER_USER", 20),
-            event_retention_days=_int(env, "AM_EVENT_RETENTION_DAYS", 7, minimum=1),
+            send_rate_per_minute=_int(
+                env, "AM_SEND_RATE_PER_MINUTE", _default("send_rate_per_minute")
+            ),
+            max_connections_per_user=_int(
+                env, "AM_MAX_CONNECTIONS_PER_USER", _default("max_connections_per_user")
+            ),
+            event_retention_days=_int(
+                env, "AM_EVENT_RETENTION_DAYS", _default("event_retention_days"), minimum=1
+            ),
             email_from=env.get("AM_EMAIL_FROM", "").strip(),
-            smtp_timeout_seconds=_float(env, "AM_SMTP_TIMEOUT_SECONDS", 30.0),
+            smtp_timeout_seconds=_float(
+                env, "AM_SMTP_TIMEOUT_SECONDS", _default("smtp_timeout_seconds")
+            ),
             run_email_worker=env.get("AM_EMAIL_WORKER", "1").strip().lower()
             not in ("0", "false", "no"),
             var_dir=var_dir,
             handshake_timeout_seconds=handshake_timeout,
-            max_pending_handshakes=_int(env, "AM_MAX_PENDING_HANDSHAKES", 1024),
-            max_handshakes_per_address=_int(env, "AM_MAX_HANDSHAKES_PER_ADDRESS", 0),
-            max_sockets_per_address=_int(env, "AM_MAX_SOCKETS_PER_ADDRESS", 0),
+            max_pending_handshakes=_int(
+                env, "AM_MAX_PENDING_HANDSHAKES", _default("max_pending_handshakes")
+            ),
+            max_handshakes_per_address=_int(
+                env, "AM_MAX_HANDSHAKES_PER_ADDRESS", _default("max_handshakes_per_address")
+            ),
+            max_sockets_per_address=_int(
+                env, "AM_MAX_SOCKETS_PER_ADDRESS", _default("max_sockets_per_address")
+            ),
             trusted_proxies=_networks(env.get("AM_TRUSTED_PROXIES", "")),
         )
+
+
+def _default(name: str) -> Any:
+    """A setting's default, written once: in the class's field."""
+    return next(f.default for f in fields(Settings) if f.name == name)

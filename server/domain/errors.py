@@ -10,7 +10,7 @@
     └── Unavailable          503 unavailable   a backing service does not answer
 
 The edge adds the answers of HTTP itself: 413 too_large (server/edge/http.py: a body over
-its limit) and 404/405 for an unknown route or method (server/app.py).
+its limit) and 404/405 for an unknown route or method (`http_exception` there).
 
 Messages are sentences meant for the person reading the client's logs.
 """

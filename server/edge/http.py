@@ -6,6 +6,7 @@ from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -89,3 +90,22 @@ def query_int(request: Request, name: str, *, low: int, high: int) -> int | None
     if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or not low <= int(raw) <= high:
         raise InvalidInput(f"{name} must be an integer from {low} to {high}.")
     return int(raw)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "invalid"}
+
+
+class _HttpError(AppError):
+    """What Starlette's own refusals (no route, wrong method) become: the usual error JSON."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = _HTTP_CODES.get(status, "invalid")
+
+
+async def http_exception(request: Request, exc: Exception) -> Response:
+    """The app's handler of Starlette's HTTPException."""
+    assert isinstance(exc, HTTPException)
+    message = "No such endpoint." if exc.status_code == 404 else str(exc.detail)
+    return error_response(_HttpError(exc.status_code, message))
