@@ -1,10 +1,13 @@
-"""The cost of one REST request inside one process, on SQLite: CPU and SQL statements per
-send, history page and candidate page, through the whole app (routing, middleware, rules,
-storage) but no network. Run from a checkout to measure that checkout:
+"""The cost of one REST request inside one process: CPU, SQL statements and database
+round trips per send, history page and candidate page, through the whole app (routing,
+middleware, rules, storage) but no network. Run from a checkout to measure that checkout:
 
-    .venv/bin/python bench/request_cost.py [N]
+    .venv/bin/python bench/request_cost.py [N] [--postgres]
 
-It prints per-request means over N requests of each kind, after 20 warm-up sends.
+On SQLite by default; `--postgres` starts a private PostgreSQL server (harness) and counts
+round trips too: statements, each transaction's BEGIN and COMMIT, and each connection
+ping (three round trips with asyncpg: BEGIN, ";", ROLLBACK). It prints per-request means
+over N requests of each kind, after 20 warm-up sends.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import httpx  # noqa: E402
 from asgi_lifespan import LifespanManager  # noqa: E402
 from sqlalchemy import event  # noqa: E402
 
+from harness.services import PostgresServer  # noqa: E402
 from server.app import create_app  # noqa: E402
 from server.domain.auth import make_user_token  # noqa: E402
 from server.settings import Settings  # noqa: E402
@@ -56,9 +60,9 @@ async def provision(client: httpx.AsyncClient) -> None:
         response.raise_for_status()
 
 
-async def measure(n: int) -> None:
+async def measure(n: int, url: str | None) -> None:
     directory = Path(tempfile.mkdtemp(prefix="am-request-cost-"))
-    url = f"sqlite+aiosqlite:///{directory / 'bench.db'}"
+    url = url or f"sqlite+aiosqlite:///{directory / 'bench.db'}"
     db = Database(url)
     await migrate.upgrade(db)
     await db.close()
@@ -73,12 +77,22 @@ async def measure(n: int) -> None:
     )
     app = create_app(settings, auto_migrate=False)
     async with LifespanManager(app):
-        statements = [0]
-        event.listen(
-            app.state.services.db.engine.sync_engine,
-            "before_cursor_execute",
-            lambda *args, **kwargs: statements.__setitem__(0, statements[0] + 1),
-        )
+        engine = app.state.services.db.engine
+        counts = {"statements": 0, "transactions": 0, "pings": 0}
+
+        def count(what: str) -> Callable[..., None]:
+            return lambda *args, **kwargs: counts.__setitem__(what, counts[what] + 1)
+
+        event.listen(engine.sync_engine, "before_cursor_execute", count("statements"))
+        event.listen(engine.sync_engine, "commit", count("transactions"))
+        event.listen(engine.sync_engine, "rollback", count("transactions"))
+        ping = engine.dialect.do_ping
+
+        def counted_ping(connection: Any) -> bool:
+            count("pings")()
+            return bool(ping(connection))
+
+        engine.dialect.do_ping = counted_ping
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             await provision(client)
@@ -95,16 +109,36 @@ async def measure(n: int) -> None:
                 "history page": lambda i: client.get(f"{messages}?limit=50", headers=ann),
                 "candidate page": lambda i: client.get("/api/v1/candidates/c1", headers=ann),
             }
-            print(f"{'request':<16}{'CPU ms':>8}{'SQL statements':>16}")
+            print(f"{'request':<16}{'CPU ms':>8}{'statements':>12}{'pings':>7}{'round trips':>13}")
             for name, request in kinds.items():
-                statements[0] = 0
+                counts.update(statements=0, transactions=0, pings=0)
                 started = time.process_time()
                 for i in range(n):
                     response = await request(i)
                     response.raise_for_status()
                 cpu_ms = (time.process_time() - started) / n * 1000
-                print(f"{name:<16}{cpu_ms:>8.2f}{statements[0] / n:>16.1f}")
+                trips = counts["statements"] + 2 * counts["transactions"] + 3 * counts["pings"]
+                # SQLite runs in the process: no round trips to count.
+                trips_each = trips / n if url.startswith("postgresql") else 0.0
+                print(
+                    f"{name:<16}{cpu_ms:>8.2f}{counts['statements'] / n:>12.1f}"
+                    f"{counts['pings'] / n:>7.1f}{trips_each:>13.1f}"
+                )
+
+
+def main() -> None:
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    n = int(args[0]) if args else 300
+    if "--postgres" not in sys.argv:
+        asyncio.run(measure(n, None))
+        return
+    server = PostgresServer.start()
+    try:
+        server.create_database("bench")
+        asyncio.run(measure(n, server.url("bench")))
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":
-    asyncio.run(measure(int(sys.argv[1]) if len(sys.argv) > 1 else 300))
+    main()

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event, exc, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -51,15 +51,22 @@ def create_engine(url: str, *, sqlite_foreign_keys: bool = True, **kwargs: Any) 
     if not is_sqlite(url):
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 20)
-        kwargs.setdefault("pool_pre_ping", True)
-        if make_url(url).get_driver_name() == "asyncpg":
+        asyncpg = make_url(url).get_driver_name() == "asyncpg"
+        if asyncpg:
             # Plans: asyncpg prepares statements, and after five runs PostgreSQL may switch
             # to a generic plan that scans every thread of the org for one user's unread
             # counts; and JIT compiling a 10 ms query took up to 90 ms.
             settings = {"plan_cache_mode": "force_custom_plan", "jit": "off"}
             connect_args = kwargs.setdefault("connect_args", {})
             connect_args.setdefault("server_settings", {}).update(settings)
-        return create_async_engine(url, **kwargs)
+        # No pre-ping: with asyncpg it is three round trips (BEGIN, ";", ROLLBACK) on every
+        # checkout. A connection the server closed (a restart, an idle timeout) is known to
+        # the driver without asking, and is swapped for a new one at checkout instead.
+        kwargs.setdefault("pool_pre_ping", not asyncpg)
+        engine = create_async_engine(url, **kwargs)
+        if asyncpg:
+            event.listen(engine.sync_engine.pool, "checkout", _replace_closed_connection)
+        return engine
 
     _prepare_sqlite_file(url)
     kwargs.setdefault("async_creator", inline_creator(make_url(url).database or ":memory:"))
@@ -84,6 +91,13 @@ def create_engine(url: str, *, sqlite_foreign_keys: bool = True, **kwargs: Any) 
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def _replace_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """A pooled connection whose socket the server closed is refused at checkout: the pool
+    then retries with a new connection, and the request never sees the dead one."""
+    if dbapi_connection.driver_connection.is_closed():
+        raise exc.DisconnectionError("The database closed this pooled connection.")
 
 
 class Database:
