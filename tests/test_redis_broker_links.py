@@ -174,5 +174,6 @@ async def test_presence_of_nobody_asks_redis_nothing(own_redis: RedisServer) -> 
         assert await presence.online([(1, 10), (1, 11)]) == {(1, 10)}
         await asyncio.to_thread(own_redis.pause)
         assert await presence.online([]) == set()  # answered without the (dead) server
+        await presence.renew([])  # a process with no sockets renews nothing, asks nothing
     finally:
         await presence.close()

@@ -24,7 +24,6 @@ from server.domain.facts import Principal, Target
 from server.domain.rules import ThreadKey
 from server.domain.views import (
     Json,
-    MessageRow,
     message_json,
     messages_by_id,
     thread_unread,
@@ -123,10 +122,11 @@ class Messaging:
             # A concurrent request with the same client_id won the race: answer with its message.
             if client_id is None:
                 raise
-            existing = await self._by_client_id(who, client_id)
+            async with self.db.read() as session:
+                existing = await _repeat(session, who, client_id)
             if existing is None:
                 raise
-            return existing.to_json(), False
+            return existing, False
 
     async def _send(
         self, who: Principal, thread_id: int, body: str, client_id: str | None
@@ -136,18 +136,9 @@ class Messaging:
             target = await facts.thread_target(conn, who.actor, thread_id, lock=True)
             rules.check_post(who.actor, target.access, target.ref)
             if client_id is not None:
-                earlier = await conn.scalar(
-                    select(Message.id).where(
-                        Message.author_pk == who.actor.pk, Message.client_id == client_id
-                    )
-                )
+                earlier = await _repeat(session, who, client_id)
                 if earlier is not None:
-                    # The original may be in another thread, even of another candidate: it
-                    # is answered if its author may still read it where it is.
-                    row = (await messages_by_id(session, [earlier]))[earlier]
-                    original = await facts.thread_target(conn, who.actor, row.message.thread_id)
-                    rules.check_read(who.actor, original.access, original.ref)
-                    return row.to_json(), False
+                    return earlier, False
             message = Message(
                 thread_id=target.ref.id,
                 candidate_pk=target.ref.candidate_pk,
@@ -190,24 +181,6 @@ class Messaging:
             )
         await self.sink.publish(events)
         return payload, True
-
-    async def _by_client_id(self, who: Principal, client_id: str) -> MessageRow | None:
-        """The author's message with this client_id, if its author may still read it where
-        it is (as for a repeat found inside the transaction)."""
-        async with self.db.read() as session:
-            message_id = await session.scalar(
-                select(Message.id).where(
-                    Message.author_pk == who.actor.pk, Message.client_id == client_id
-                )
-            )
-            if message_id is None:
-                return None
-            row = (await messages_by_id(session, [message_id])).get(message_id)
-            if row is not None:
-                conn = await session.connection()
-                original = await facts.thread_target(conn, who.actor, row.message.thread_id)
-                rules.check_read(who.actor, original.access, original.ref)
-            return row
 
     async def delete(self, who: Principal, message_id: int) -> None:
         """Erases a message's text and leaves a tombstone. Deleting a tombstone is a no-op."""
@@ -308,6 +281,22 @@ _NEXT_SEQ = (
     .returning(Candidate.last_seq)
 )
 _INSERT_EVENT = insert(Event)
+
+
+async def _repeat(session: AsyncSession, who: Principal, client_id: str) -> Json | None:
+    """The author's earlier message with this client_id (a retry, or the winner of a race),
+    or None. It may be in another thread, even of another candidate: it is answered only
+    if its author may still read it where it is."""
+    message_id = await session.scalar(
+        select(Message.id).where(Message.author_pk == who.actor.pk, Message.client_id == client_id)
+    )
+    if message_id is None:
+        return None
+    row = (await messages_by_id(session, [message_id]))[message_id]
+    conn = await session.connection()
+    original = await facts.thread_target(conn, who.actor, row.message.thread_id)
+    rules.check_read(who.actor, original.access, original.ref)
+    return row.to_json()
 
 
 def _thread_events(

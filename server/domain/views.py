@@ -1,6 +1,6 @@
 """The read side: queries that answer the messaging API, and the JSON shapes of the contract.
 
-Visibility here is the SQL form of `server.rules.can_see_thread` (a thread list cannot load
+Visibility here is the SQL form of `server.domain.rules.can_see_thread` (a thread list cannot load
 every thread to filter it in Python). tests/test_api_rules.py checks both agree end to end.
 """
 
@@ -197,10 +197,12 @@ def thread_visible(actor: Actor) -> ColumnElement[bool]:
 # --- unread -----------------------------------------------------------------------------
 
 
-def _unread_conditions(user_pk: int, marker: Any) -> list[ColumnElement[bool]]:
+def _unread_conditions(user_pk: int) -> list[ColumnElement[bool]]:
+    """What "unread" means, in the one place it is written (with the thread and the
+    user's marker joined): after the marker, by someone else, not deleted."""
     return [
         Message.thread_id == Thread.id,
-        Message.id > marker,
+        Message.id > READ_UP_TO,
         Message.author_pk != user_pk,
         Message.deleted.is_(False),
     ]
@@ -213,8 +215,7 @@ def _unread_columns(user_pk: int) -> tuple[Select[Any], Any, Any]:
     messages, never the whole history. Threads with nothing after the marker are skipped
     by `last_message_id` without touching `messages`.
     """
-    marker = READ_UP_TO
-    conditions = _unread_conditions(user_pk, marker)
+    conditions = _unread_conditions(user_pk)
     count = select(func.count()).where(*conditions).correlate(Thread, ReadMarker).scalar_subquery()
     newest = (
         # "+ 0" keeps PostgreSQL from answering max() by walking the primary key backwards
@@ -236,9 +237,8 @@ async def unread_by_thread(
     if not thread_ids:
         return {}
     base, count, _ = _unread_columns(user_pk)
-    marker = READ_UP_TO
     query = base.with_only_columns(Thread.id, count).where(
-        Thread.id.in_(list(thread_ids)), Thread.last_message_id > marker
+        Thread.id.in_(list(thread_ids)), Thread.last_message_id > READ_UP_TO
     )
     return {thread_id: n for thread_id, n in (await session.execute(query)) if n}
 
@@ -256,9 +256,8 @@ async def unread_threads(
 ) -> list[UnreadThread]:
     """Every visible thread of the actor with unread messages (optionally of one candidate)."""
     base, count, newest = _unread_columns(actor.pk)
-    marker = READ_UP_TO
     query = base.with_only_columns(Thread.id, Thread.candidate_pk, count, newest).where(
-        thread_visible(actor), Thread.last_message_id > marker
+        thread_visible(actor), Thread.last_message_id > READ_UP_TO
     )
     if candidate_pk is not None:
         query = query.where(Thread.candidate_pk == candidate_pk)
@@ -270,11 +269,10 @@ def _unread_snapshot_query(kind: str) -> Select[Any]:
     """Every thread a user of this kind sees, unread or not: (thread id, candidate pk,
     candidate id, unread, last message id, marker). Parameters: u (user pk), o (org pk)."""
     actor = Actor(cast(int, bindparam("u")), cast(int, bindparam("o")), kind)
-    marker = READ_UP_TO
     last = func.coalesce(Thread.last_message_id, literal(0))
     count = (
         select(func.count())
-        .where(*_unread_conditions(actor.pk, marker), Message.id <= Thread.last_message_id)
+        .where(*_unread_conditions(actor.pk), Message.id <= Thread.last_message_id)
         .correlate(Thread, ReadMarker)
         .scalar_subquery()
     )
@@ -283,9 +281,9 @@ def _unread_snapshot_query(kind: str) -> Select[Any]:
             Thread.id,
             Thread.candidate_pk,
             Candidate.ext_id,
-            case((last > marker, count), else_=literal(0)),
+            case((last > READ_UP_TO, count), else_=literal(0)),
             last,
-            marker,
+            READ_UP_TO,
         )
         .join(Candidate, Candidate.pk == Thread.candidate_pk)
         .outerjoin(
@@ -337,7 +335,7 @@ async def unread_messages(
         .where(
             Thread.id == thread_id,
             Message.id >= from_id,
-            *_unread_conditions(user_pk, READ_UP_TO),
+            *_unread_conditions(user_pk),
         )
         .order_by(Message.id)
     )

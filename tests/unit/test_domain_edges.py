@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from server.domain import views
+from server.domain import actions, views
 from server.domain.actions import Messaging, OpenThreadRequest
 from server.domain.auth import decode_user_token
 from server.domain.errors import NotFound, RateLimited, Unauthorized
@@ -222,8 +222,10 @@ async def test_the_message_a_client_id_race_answers_with_is_read_as_access_is_no
     messaging = Messaging(db, RecordingSink())
     thread, _ = await messaging.open_thread(ann, "c1", OpenThreadRequest(private=False))
     sent, _ = await messaging.send(ann, int(str(thread["id"])), "hello", "tab-1")
-    found = await messaging._by_client_id(ann, "tab-1")
-    assert found is not None and found.to_json()["id"] == sent["id"]
+    async with db.read() as session:
+        found = await actions._repeat(session, ann, "tab-1")
+    assert found is not None and found["id"] == sent["id"]
     await provisioning.put_candidate("acme", "c1", CandidateSpec("C1", "mia", ["mia"], []))
     with pytest.raises(NotFound):
-        await messaging._by_client_id(ann, "tab-1")
+        async with db.read() as session:
+            await actions._repeat(session, ann, "tab-1")
