@@ -6,23 +6,53 @@ under 100 ms and nothing lost.
 Agency Messaging's viewers of a candidate are three members and the candidate's agency
 user (each agency user has several candidates); a coordinator posts into each candidate's
 agency thread. Peers get the same sockets, rooms and rate.
+
+For Agency Messaging, an observer process also holds a second tab of a sample of the viewers
+(every agency user of OBSERVE_AGENCY_EVERY, subscribed to all its candidates, and the first
+member of one candidate in OBSERVE_MEMBER_EVERY) for the whole run, and records when each
+`unread` frame and each `message.created` frame arrives: the most unread frames a tab got
+within any 50 ms, and unread frames per message delivered.
+
+    python bench/realistic.py --observe   (the observer; started by the scenario)
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-from typing import Any
+import sys
+from pathlib import Path
 
-import httpx
+# Run as a script (the observer), this file's folder comes first on sys.path, where it would
+# shadow the product's `storage` package: put the repository root there instead.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-from bench import peers
-from bench.common import AmCluster, log, provision, start_am, stop
-from bench.drive import Load, best, drive
-from bench.fanout import display_name as _display_name
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import bisect  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import httpx  # noqa: E402
+import orjson  # noqa: E402
+import websockets  # noqa: E402
+
+from bench import peers  # noqa: E402
+from bench.common import PYTHON, AmCluster, log, provision, start_am, stop  # noqa: E402
+from bench.drive import Load, best, drive  # noqa: E402
+from bench.fanout import display_name as _display_name  # noqa: E402
 
 MEMBERS_PER_CANDIDATE = 3
 CANDIDATES_PER_AGENCY_USER = 5
+OBSERVE_AGENCY_EVERY = 4
+OBSERVE_MEMBER_EVERY = 10
+UNREAD_WINDOW_SECONDS = 0.05
+SELF = str(Path(__file__).resolve())
 
 
 async def am_world(cluster: AmCluster, candidates: int) -> dict[str, Any]:
@@ -86,6 +116,132 @@ async def am_world(cluster: AmCluster, candidates: int) -> dict[str, Any]:
     return {"viewers": viewers, "threads": threads, "publisher": publisher}
 
 
+# --- the unread observer ------------------------------------------------------------------
+
+
+def most_within(times: list[float], window: float) -> int:
+    """The most of these (sorted) times that fall within any interval shorter than window."""
+    most = 0
+    for index, start in enumerate(times):
+        most = max(most, bisect.bisect_left(times, start + window, lo=index) - index)
+    return most
+
+
+async def observer_main() -> None:
+    """stdin: one JSON line {"urls": [...], "tabs": [[token, [candidate, ...]], ...]}; prints
+    {"ready": n} once every tab is subscribed, then at EOF on stdin one JSON report."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    loop = asyncio.get_running_loop()
+    config = json.loads(await loop.run_in_executor(None, sys.stdin.readline))
+    tabs: list[dict[str, Any]] = []
+
+    async def tab(index: int, token: str, candidates: list[str]) -> None:
+        ws = await websockets.connect(
+            config["urls"][index % len(config["urls"])],
+            additional_headers={"Authorization": f"Bearer {token}"},
+            compression=None,
+            open_timeout=60,
+            ping_interval=None,
+            max_size=None,
+        )
+        record: dict[str, Any] = {"ws": ws, "unread": [], "messages": 0, "other": 0}
+        for candidate in candidates:
+            await ws.send(orjson.dumps({"op": "subscribe", "candidate": candidate}).decode())
+        acks = 0
+        while acks < len(candidates):
+            if orjson.loads(await ws.recv()).get("type") == "ack":
+                acks += 1
+        tabs.append(record)
+
+    async def read(record: dict[str, Any]) -> None:
+        unread, now = record["unread"], time.monotonic
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for raw in record["ws"]:
+                kind = orjson.loads(raw).get("type")
+                if kind == "unread":
+                    unread.append(now())
+                elif kind == "message.created":
+                    record["messages"] += 1
+                else:
+                    record["other"] += 1
+
+    async def keepalive() -> None:
+        while True:
+            await asyncio.sleep(30)
+            for record in tabs:
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await record["ws"].send('{"op": "ping"}')
+
+    await asyncio.gather(*(tab(i, t, c) for i, (t, c) in enumerate(config["tabs"])))
+    readers = [asyncio.create_task(read(record)) for record in tabs]
+    pinger = asyncio.create_task(keepalive())
+    print(json.dumps({"ready": len(tabs)}), flush=True)
+    await loop.run_in_executor(None, sys.stdin.read)  # until EOF
+    pinger.cancel()
+    for task in readers:
+        task.cancel()
+    windows = [most_within(r["unread"], UNREAD_WINDOW_SECONDS) for r in tabs]
+    unread = sum(len(r["unread"]) for r in tabs)
+    messages = sum(r["messages"] for r in tabs)
+    print(
+        json.dumps(
+            {
+                "tabs": len(tabs),
+                "unread_frames": unread,
+                "messages": messages,
+                "unread_frames_per_message": round(unread / messages, 3) if messages else None,
+                "most_unread_frames_in_50ms": max(windows, default=0),
+                "tabs_over_one_in_50ms": sum(1 for w in windows if w > 1),
+                "most_unread_frames_in_1s": max(
+                    (most_within(r["unread"], 1.0) for r in tabs), default=0
+                ),
+            }
+        ),
+        flush=True,
+    )
+    await asyncio.gather(*(r["ws"].close() for r in tabs), return_exceptions=True)
+
+
+def observed_tabs(cluster: AmCluster, world: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """(token, candidates) of the sample: agency users with all their candidates, and one
+    member of some candidates."""
+    agency: dict[str, list[str]] = {}
+    tabs: list[tuple[str, list[str]]] = []
+    for index, (candidate, viewers) in enumerate(world["viewers"].items()):
+        agency.setdefault(viewers[-1], []).append(candidate)
+        if index % OBSERVE_MEMBER_EVERY == 0:
+            tabs.append((cluster.token("bench", viewers[0]), [candidate]))
+    for index, (user, candidates) in enumerate(agency.items()):
+        if index % OBSERVE_AGENCY_EVERY == 0:
+            tabs.append((cluster.token("bench", user), candidates))
+    return tabs
+
+
+class Observer:
+    def __init__(self, urls: list[str], tabs: list[tuple[str, list[str]]]) -> None:
+        self.process = subprocess.Popen(
+            [PYTHON, SELF, "--observe"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps({"urls": urls, "tabs": tabs}) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError("The unread observer could not open its tabs.")
+        self.tabs = int(json.loads(line)["ready"])
+
+    def report(self) -> dict[str, Any]:
+        out, _ = self.process.communicate("", timeout=60)
+        report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        return report
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
 def _rooms(candidates: int, receivers: int) -> list[str]:
     # Socket i joins rooms[i % len(rooms)]: receivers / candidates sockets per candidate.
     return [f"c{c}" for c in range(candidates)]
@@ -132,7 +288,18 @@ def run_system(name: str, opts: argparse.Namespace) -> dict[str, Any]:
                 publisher_token=world["publisher"],
                 **common,  # type: ignore[arg-type]
             )
-            return {"steps": drive(load, label)}
+            observer = Observer(load.urls, observed_tabs(cluster, world))
+            try:
+                log(f"{label}: {observer.tabs} observer tabs count unread frames")
+                steps = drive(load, label)
+                unread = observer.report()
+            finally:
+                observer.kill()
+            log(
+                f"{label}: unread frames: at most {unread['most_unread_frames_in_50ms']} in 50 ms "
+                f"on one tab, {unread['unread_frames_per_message']} per message delivered"
+            )
+            return {"steps": steps, "unread": unread}
         finally:
             cluster.stop()
     processes, urls, system = peers.start(name, 2, opts.redis_url, logdir=opts.workdir)
@@ -206,6 +373,19 @@ def markdown(systems: dict[str, Any], opts: argparse.Namespace) -> str:
             f"| {display_name(name)} | {cells[0]} | {cells[1]} | {cells[2]} | {highest} "
             f"| {cells[3]} |"
         )
+    unread = systems.get("am", {}).get("unread")
+    note = ""
+    if unread:
+        note = (
+            f"\nUnread frames (Agency Messaging, {unread['tabs']} observer tabs: one agency user "
+            f"in {OBSERVE_AGENCY_EVERY} with all its candidates, one member of one candidate in "
+            f"{OBSERVE_MEMBER_EVERY}; the whole run): at most "
+            f"{unread['most_unread_frames_in_50ms']} within 50 ms on one tab "
+            f"({unread['tabs_over_one_in_50ms']} tabs got more than one), at most "
+            f"{unread['most_unread_frames_in_1s']} within a second; "
+            f"{unread['unread_frames']:,} unread frames for {unread['messages']:,} messages "
+            f"delivered ({unread['unread_frames_per_message']} per message).\n"
+        )
     return (
         f"## 2. Realistic: {opts.realistic_receivers} sockets over "
         f"{opts.realistic_candidates} candidates, two processes behind Redis\n\n"
@@ -214,4 +394,12 @@ def markdown(systems: dict[str, Any], opts: argparse.Namespace) -> str:
         f"({opts.step_seconds:g} s each). Agency Messaging stores in PostgreSQL.\n\n"
         + "\n".join(rows)
         + "\n"
+        + note
     )
+
+
+if __name__ == "__main__":
+    if "--observe" in sys.argv:
+        asyncio.run(observer_main())
+    else:
+        raise SystemExit("Run by bench/run.py; `--observe` starts the unread observer.")

@@ -5,9 +5,16 @@ middleware, rules, storage) but no network. Run from a checkout to measure that 
     .venv/bin/python bench/request_cost.py [N] [--postgres]
 
 On SQLite by default; `--postgres` starts a private PostgreSQL server (harness) and counts
-round trips too: statements, each transaction's BEGIN and COMMIT, and each connection
-ping (three round trips with asyncpg: BEGIN, ";", ROLLBACK). It prints per-request means
+round trips too: statements, each transaction's BEGIN and COMMIT (none for a connection in
+autocommit), and each connection ping (three round trips with asyncpg: BEGIN, ";",
+ROLLBACK). It prints per-request means
 over N requests of each kind, after 20 warm-up sends.
+
+Then the resume of one browser tab: a socket that reconnects and subscribes again to 50
+candidates with `after`, each having one message it missed (driven through the app's ASGI
+interface, in this process). Its rows are totals per resume (not per candidate), over
+RESUMES resumes: "warm" while another socket of the process follows the same candidates,
+"cold" when nobody does; in 50 `subscribe` frames, and in one batch frame.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+import orjson  # noqa: E402
 from asgi_lifespan import LifespanManager  # noqa: E402
 from sqlalchemy import event  # noqa: E402
 
@@ -37,6 +45,8 @@ from storage.database import Database  # noqa: E402
 SECRET = "bench-secret-" + "x" * 32
 SERVICE_TOKEN = "bench-service-token-0123456789"
 WARM_UP = 20
+RESUME_CANDIDATES = 50
+RESUMES = 10
 
 
 async def provision(client: httpx.AsyncClient) -> None:
@@ -84,8 +94,14 @@ async def measure(n: int, url: str | None) -> None:
             return lambda *args, **kwargs: counts.__setitem__(what, counts[what] + 1)
 
         event.listen(engine.sync_engine, "before_cursor_execute", count("statements"))
-        event.listen(engine.sync_engine, "commit", count("transactions"))
-        event.listen(engine.sync_engine, "rollback", count("transactions"))
+        def transaction_ended(conn: Any) -> None:
+            # A connection in autocommit (reads, and a send's one statement on PostgreSQL)
+            # sends no BEGIN and no COMMIT: its statements are all its round trips.
+            if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+                count("transactions")()
+
+        event.listen(engine.sync_engine, "commit", transaction_ended)
+        event.listen(engine.sync_engine, "rollback", transaction_ended)
         ping = engine.dialect.do_ping
 
         def counted_ping(connection: Any) -> bool:
@@ -124,6 +140,158 @@ async def measure(n: int, url: str | None) -> None:
                     f"{name:<16}{cpu_ms:>8.2f}{counts['statements'] / n:>12.1f}"
                     f"{counts['pings'] / n:>7.1f}{trips_each:>13.1f}"
                 )
+            await measure_resumes(app, client, counts)
+
+
+# --- the resume of one tab ----------------------------------------------------------------
+
+
+class AsgiSocket:
+    """A WebSocket client that drives the app's ASGI interface directly: no network, so
+    the process's CPU is the server's (and this small driver's)."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self._to_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.accepted = asyncio.Event()
+        scope = {
+            "type": "websocket",
+            "asgi": {"version": "3.0"},
+            "scheme": "ws",
+            "http_version": "1.1",
+            "path": "/ws",
+            "raw_path": b"/ws",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {token}".encode())],
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+            "subprotocols": [],
+        }
+        self._to_app.put_nowait({"type": "websocket.connect"})
+        self._task = asyncio.create_task(app(scope, self._to_app.get, self._from_app))
+
+    async def _from_app(self, message: dict[str, Any]) -> None:
+        if message["type"] == "websocket.accept":
+            self.accepted.set()
+        elif message["type"] == "websocket.send":
+            self.frames.put_nowait(orjson.loads(message["text"]))
+
+    @classmethod
+    async def open(cls, app: Any, token: str) -> AsgiSocket:
+        socket = cls(app, token)
+        await asyncio.wait_for(socket.accepted.wait(), 10)
+        return socket
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self._to_app.put_nowait({"type": "websocket.receive", "text": orjson.dumps(frame).decode()})
+
+    async def until(self, done: Callable[[dict[str, Any]], bool]) -> None:
+        """Reads frames until `done` says the last one completes what was awaited."""
+        while not done(await asyncio.wait_for(self.frames.get(), 10)):
+            pass
+
+    async def close(self) -> None:
+        self._to_app.put_nowait({"type": "websocket.disconnect", "code": 1000})
+        await asyncio.wait_for(self._task, 10)
+
+
+async def provision_resume(client: httpx.AsyncClient) -> list[tuple[str, str]]:
+    """RESUME_CANDIDATES candidates that mia and hal (members) and ann follow, each with an
+    agency thread: their ids and the messages path of each thread."""
+    service = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
+    hal = {"name": "Hal", "email": "hal@acme.example", "kind": "member"}
+    response = await client.put("/api/v1/orgs/acme/users/hal", json=hal, headers=service)
+    response.raise_for_status()
+    ann = {"Authorization": f"Bearer {make_user_token(SECRET, 'acme', 'ann')}"}
+    found = []
+    for i in range(RESUME_CANDIDATES):
+        candidate = f"r{i:02d}"
+        body = {"name": candidate, "members": ["mia", "hal"], "agency_users": ["ann"]}
+        response = await client.put(
+            f"/api/v1/orgs/acme/candidates/{candidate}", json=body, headers=service
+        )
+        response.raise_for_status()
+        opened = await client.post(
+            f"/api/v1/candidates/{candidate}/threads", json={"private": False}, headers=ann
+        )
+        found.append((candidate, f"/api/v1/threads/{opened.json()['id']}/messages"))
+    return found
+
+
+async def resume_once(
+    app: Any, candidates: list[str], seen: dict[str, int], batch: bool, counts: dict[str, int]
+) -> tuple[float, int, int]:
+    """Subscribes a new socket of mia to every candidate after the seq it saw; waits for
+    every ack and replayed message. Returns the CPU seconds and SQL statements it took (the
+    handshake apart), and how many messages were replayed."""
+    socket = await AsgiSocket.open(app, make_user_token(SECRET, "acme", "mia"))
+    socket.send({"op": "ping", "ref": "ready"})  # answered once the handshake's work is done
+    await socket.until(lambda frame: frame.get("type") == "pong")
+    counts.update(statements=0)
+    acks, replayed = 0, 0
+
+    def answered(frame: dict[str, Any]) -> bool:
+        nonlocal acks, replayed
+        if frame.get("type") == "message.created":
+            seen[frame["candidate"]] = max(seen[frame["candidate"]], frame["seq"])
+            replayed += 1
+        elif frame.get("type") == "ack":
+            results = frame["candidates"] if batch else [frame]
+            for result in results:
+                seen[result["candidate"]] = max(seen[result["candidate"]], result["seq"])
+            acks += len(results)
+        elif frame.get("type") == "error":
+            raise RuntimeError(frame)
+        return acks == len(candidates) and replayed == len(candidates)
+
+    started = time.process_time()
+    if batch:
+        wanted = [{"candidate": c, "after": seen[c]} for c in candidates]
+        socket.send({"op": "subscribe", "candidates": wanted, "ref": 1})
+    else:
+        for i, c in enumerate(candidates):
+            socket.send({"op": "subscribe", "candidate": c, "after": seen[c], "ref": i})
+    await socket.until(answered)
+    cpu, statements = time.process_time() - started, counts["statements"]
+    await socket.close()
+    return cpu, statements, replayed
+
+
+async def measure_resumes(app: Any, client: httpx.AsyncClient, counts: dict[str, int]) -> None:
+    threads = await provision_resume(client)
+    candidates = [c for c, _ in threads]
+    ann = {"Authorization": f"Bearer {make_user_token(SECRET, 'acme', 'ann')}"}
+    seen = dict.fromkeys(candidates, 0)
+    print(f"\n{'resume of one tab (per resume)':<32}{'CPU ms':>8}{'statements':>12}")
+    for batch in (False, True):
+        for warm in (True, False):
+            holder = None
+            if warm:  # another tab of the process follows the same candidates
+                holder = await AsgiSocket.open(app, make_user_token(SECRET, "acme", "hal"))
+                wanted = [{"candidate": c} for c in candidates]
+                if batch:
+                    holder.send({"op": "subscribe", "candidates": wanted, "ref": 1})
+                    await holder.until(lambda f: f.get("type") in ("ack", "error"))
+                else:
+                    for i, c in enumerate(candidates):
+                        holder.send({"op": "subscribe", "candidate": c, "ref": i})
+                    await holder.until(lambda f: f.get("ref") == len(candidates) - 1)
+            cpu, statements = 0.0, 0
+            for _ in range(RESUMES):
+                for _, messages in threads:  # one message missed in every candidate
+                    sent = await client.post(messages, json={"body": "missed"}, headers=ann)
+                    sent.raise_for_status()
+                await asyncio.sleep(0.01)  # the live events reach the holder's channels
+                spent, run, replayed = await resume_once(app, candidates, seen, batch, counts)
+                assert replayed == len(candidates), replayed
+                cpu += spent
+                statements += run
+            if holder is not None:
+                await holder.close()
+            form = "batch" if batch else f"{len(candidates)} frames"
+            name = f"resume {len(candidates)}, {form}, {'warm' if warm else 'cold'}"
+            print(f"{name:<32}{cpu / RESUMES * 1000:>8.2f}{statements / RESUMES:>12.1f}")
 
 
 def main() -> None:

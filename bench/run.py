@@ -2,8 +2,13 @@
 
     python bench/run.py [--quick] [--only fanout,realistic,storm,idle,storage]
 
-Writes bench/results/: results.json (raw, with machine details), results.md (the tables)
-and latency.png (p99 latency against offered load, one line per system).
+Each phase logs a line when it starts and one when it ends, with the time since the run
+began. Writes bench/results/: results.json (raw, with machine details, and each target's
+figure and verdict), results.md (the targets table, then every scenario's tables) and
+latency.png (p99 latency against offered load, one line per system); both files are
+rewritten after each scenario. The targets table (bench/targets.py) is printed last.
+A scenario that fails is logged and recorded, the others still run (its targets show "not
+measured"), and the run then exits with status 1.
 """
 
 from __future__ import annotations
@@ -17,14 +22,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import fanout, peers, realistic
-from bench.common import RESULTS, log
+from bench import fanout, peers, realistic, targets
+from bench.common import RESULTS, elapsed, log, phase
 from harness.services import PostgresServer, RedisServer
 
 SCENARIOS = ["fanout", "realistic", "storm", "idle", "storage"]  # modules of bench/
@@ -93,23 +99,39 @@ def main(argv: list[str] | None = None) -> None:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "scenarios": {},
     }
-    if {"fanout", "realistic"} & set(opts.scenarios):
-        for name in opts.systems:
-            if name != "am":
-                log(f"installing {name} (once)")
+    log(
+        f"make bench{' QUICK=1' if opts.quick else ''}: scenarios {', '.join(opts.scenarios)}; "
+        f"systems {', '.join(opts.systems)}; results in {RESULTS}"
+    )
+    failed: list[str] = []
+    peers_needed = [name for name in opts.systems if name != "am"]
+    if {"fanout", "realistic"} & set(opts.scenarios) and peers_needed:
+        with phase("installing the peers (once; later runs reuse them)"):
+            for name in peers_needed:
+                log(f"installing {name}")
                 try:
                     peers.install(name)
                 except Exception as error:  # recorded by the scenarios when they start it
                     log(f"{name} could not be installed: {error}")
-    log("starting PostgreSQL and Redis")
-    postgres, redis = PostgresServer.start(), RedisServer.start()
+    with phase("starting PostgreSQL and Redis"):
+        postgres, redis = PostgresServer.start(), RedisServer.start()
     try:
         with tempfile.TemporaryDirectory(prefix="am-bench-") as tmp:
             opts.workdir, opts.postgres, opts.redis_url = Path(tmp), postgres, redis.url
-            for name in opts.scenarios:
-                log(f"scenario {name}")
+            for index, name in enumerate(opts.scenarios, 1):
                 began = time.monotonic()
-                outcome = importlib.import_module(f"bench.{name}").run(opts)
+                try:
+                    with phase(f"scenario {index}/{len(opts.scenarios)}: {name}"):
+                        outcome = importlib.import_module(f"bench.{name}").run(opts)
+                except Exception as error:
+                    traceback.print_exc(file=sys.stdout)
+                    failed.append(name)
+                    outcome = {
+                        "name": name,
+                        "error": f"{type(error).__name__}: {error}",
+                        "markdown": f"## {name}: could not run\n\n{type(error).__name__}: "
+                        f"{error}\n",
+                    }
                 outcome["seconds"] = round(time.monotonic() - began, 1)
                 results["scenarios"][name] = outcome
                 write(results)
@@ -117,13 +139,23 @@ def main(argv: list[str] | None = None) -> None:
         redis.stop()
         postgres.stop()
     results["seconds"] = round(time.monotonic() - started, 1)
-    write(results)
-    plot(results, RESULTS / "latency.png")
-    print((RESULTS / "results.md").read_text())
-    log(f"done in {results['seconds']:.0f} s; results in {RESULTS}")
+    outcomes = write(results)
+    with phase("plotting latency.png"):
+        plot(results, RESULTS / "latency.png")
+    print("\n".join(s["markdown"] for s in results["scenarios"].values()))
+    log(
+        f"done in {elapsed()}; results in {RESULTS}"
+        + (f"; scenarios that could not run: {', '.join(failed)}" if failed else "")
+    )
+    print("\n" + targets.markdown(outcomes, quick=opts.quick), flush=True)
+    if failed:
+        raise SystemExit(1)
 
 
-def write(results: dict[str, Any]) -> None:
+def write(results: dict[str, Any]) -> list[targets.Outcome]:
+    """results.json and results.md as they stand (after each scenario, and at the end)."""
+    outcomes = targets.evaluate(results)
+    results["targets"] = targets.as_json(outcomes)
     (RESULTS / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     m = results["machine"]
     header = (
@@ -133,7 +165,10 @@ def write(results: dict[str, Any]) -> None:
         f"{' QUICK=1' if results['quick'] else ''}`; raw numbers in results.json.\n"
     )
     sections = [s["markdown"] for s in results["scenarios"].values()]
-    (RESULTS / "results.md").write_text("\n".join([header, *sections]))
+    (RESULTS / "results.md").write_text(
+        "\n".join([header, targets.markdown(outcomes, quick=results["quick"]), *sections])
+    )
+    return outcomes
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -143,7 +178,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [s for s in ("fanout", "realistic") if s in results["scenarios"]]
+    panels = [s for s in ("fanout", "realistic") if "systems" in results["scenarios"].get(s, {})]
     if not panels:
         return
     figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.4), dpi=110)

@@ -878,8 +878,9 @@ async def scenario(opts: Any) -> dict[str, Any]:
                 c.process.kill()
         cluster.stop()
     common.log(
-        f"storm: caught up p99 {data['from_drop']['caught_up_p99']} s, "
-        f"all {data['from_drop']['caught_up_all']} s after the drop; lost {lost}, "
+        f"storm: caught up p99 {_seconds(data['from_drop']['caught_up_p99'])}, "
+        f"all {_seconds(data['from_drop']['caught_up_all'])} after the drop "
+        f"({data['caught_up']} of {data['clients']} caught up); lost {lost}, "
         f"duplicated {data['messages_duplicated']}, {data['sql_per_resume']} SQL per resume"
     )
     return data

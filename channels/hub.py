@@ -8,22 +8,28 @@ candidate's events exactly once and in seq order:
   (two processes may publish adjacent seqs in either order);
 - after the broker link comes back, and on a periodic sweep, every channel is caught up
   from the event log, so a dead subscription never hides behind a green /readyz;
-- a new subscriber with `after` is replayed from the log while live events are buffered,
-  then switched to live with no gap and no duplicate.
+- a new subscriber with `after` is replayed what it missed while live events are buffered,
+  then switched to live with no gap and no duplicate. Each channel keeps its last events in
+  memory (`RecentEvents`): a resume within them reads nothing from the event log, and one
+  that reaches further back reads it, in one read for every candidate of a batch.
 
 Each event carries its audience (the users who see its thread), computed once by whoever
 wrote it, and its client frame, encoded once: dispatching is a set lookup and a queue put
-per subscriber, with no task and no encoding per recipient.
+per subscriber, with no task and no encoding per recipient. A replay decides instead by the
+facts of the event's thread, with the rule the domain hands over for the subscriber and the
+access loaded for its subscribe: whoever sees the thread *now* gets its events, a member
+added since they were written included.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections import defaultdict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from channels import envelope, protocol
@@ -44,13 +50,37 @@ PRESENCE_RENEW_SECONDS = 20.0
 UNREAD_COALESCE_SECONDS = 0.05
 UNREAD_INTERVAL_SECONDS = 1.0
 REPLAY_BATCH = 500
+# What a channel keeps of its last events, to answer resumes from memory. A tab that comes
+# back after a network blip, a sleep or a deploy has missed a few events per candidate; 256
+# covers minutes of a busy candidate. The size bound (in characters of the frames, about
+# bytes) keeps a channel of long messages small: a few hundred typical events fit, while a
+# process following thousands of candidates holds a few hundred MiB at the very most.
+RECENT_EVENTS = 256
+RECENT_CHARS = 128 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadFacts:
+    """What the rules need about an event's thread to decide who sees it. A thread never
+    changes kind or people, so these facts hold for as long as its events are kept."""
+
+    id: int
+    kind: str
+    agency_user_pk: int
+    member_pk: int | None
+
+
+# The domain's rule of which threads of a candidate one user sees, decided with the access
+# loaded when the user subscribed (the user sees the candidate itself).
+ThreadRule = Callable[[ThreadFacts], bool]
 
 
 @dataclass(frozen=True, slots=True)
 class LoggedEvent:
     seq: int
-    audience: frozenset[int]
+    audience: frozenset[int]  # who saw its thread when written: the live delivery's filter
     frame: str
+    thread: ThreadFacts | None = None  # None for an event that came live from the broker
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,19 +89,93 @@ class ReplayWindow:
     last_seq: int | None  # None: the candidate does not exist (any more)
 
 
+@dataclass(frozen=True, slots=True)
+class LogReads:
+    """One read of the event log for many candidates."""
+
+    last_seqs: dict[int, int]  # a candidate that does not exist (any more) is absent
+    events: dict[int, list[LoggedEvent]]  # each candidate's first events after its `after`
+
+
 class EventSource(Protocol):
     """The durable side: the event log and the unread counts, read as they are now."""
 
     async def last_seqs(self, candidate_pks: list[int]) -> dict[int, int]: ...
 
-    async def window(self, candidate_pk: int) -> ReplayWindow: ...
-
     async def events_after(
         self, candidate_pk: int, after: int, limit: int
     ) -> list[LoggedEvent]: ...
 
+    async def log_reads(
+        self, candidate_pks: list[int], after: dict[int, int], limit: int
+    ) -> LogReads:
+        """In one read: the last seqs of `candidate_pks`, and for each candidate of `after`
+        its first `limit` events after that seq, with their threads' facts."""
+
+    async def thread_facts(self, thread_ids: list[int]) -> dict[int, ThreadFacts]:
+        """The facts of these threads (a thread that no longer exists is absent)."""
+
     async def unread_snapshot(self, connection: Connection) -> list[ThreadSnapshot]:
         """The unread counts of the connection's user, in every thread it sees."""
+
+
+class RecentEvents:
+    """A channel's last dispatched events, bounded by RECENT_EVENTS and RECENT_CHARS, with no
+    hole and ending at the channel's seq. Like the event log, it shows each message as it is
+    now: a message deleted since is kept as its tombstone."""
+
+    def __init__(self) -> None:
+        self._events: deque[LoggedEvent] = deque()
+        self._chars = 0
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def append(self, event: LoggedEvent) -> None:
+        if self._events and event.seq != self._events[-1].seq + 1:
+            self.clear()  # never a hole (dispatch goes in seq order: this is a safeguard)
+        deleted = protocol.deleted_message_id(event.frame)
+        if deleted is not None:
+            self._tombstone(deleted)
+        self._events.append(event)
+        self._chars += len(event.frame)
+        while len(self._events) > RECENT_EVENTS or self._chars > RECENT_CHARS:
+            self._chars -= len(self._events.popleft().frame)
+
+    def clear(self) -> None:
+        self._events.clear()
+        self._chars = 0
+
+    def since(self, after: int, last_seq: int) -> list[LoggedEvent] | None:
+        """The events after `after` up to `last_seq` (the channel's seq); None unless every
+        one of them is here."""
+        if after == last_seq:
+            return []
+        if not self._events or self._events[-1].seq != last_seq:
+            return None
+        first = self._events[0].seq
+        if not first - 1 <= after < last_seq:
+            return None
+        return list(itertools.islice(self._events, after + 1 - first, None))
+
+    def seed(self, events: list[LoggedEvent], last_seq: int) -> None:
+        """Fills an empty buffer from the log's events up to `last_seq` (a channel opened by
+        a resume): the next tab resuming the candidate needs no SQL."""
+        if self._events:
+            return
+        kept = [event for event in events if event.seq <= last_seq]
+        if kept and kept[-1].seq == last_seq:
+            for event in kept:
+                self.append(event)
+
+    def _tombstone(self, message_id: int) -> None:
+        for i in range(len(self._events) - 1, -1, -1):
+            event = self._events[i]
+            tombstone = protocol.tombstone(event.frame, message_id)
+            if tombstone is not None:
+                self._chars += len(tombstone) - len(event.frame)
+                self._events[i] = replace(event, frame=tombstone)
+                return
 
 
 @dataclass(eq=False)
@@ -81,6 +185,25 @@ class CandidateChannel:
     pending: dict[int, LoggedEvent] = field(default_factory=dict)
     subscribers: set[Subscription] = field(default_factory=set)
     filling: asyncio.Task[None] | None = None
+    recent: RecentEvents = field(default_factory=RecentEvents)
+    threads: dict[int, ThreadFacts] = field(default_factory=dict)  # the facts met so far
+
+    def thread_of(self, event: LoggedEvent) -> ThreadFacts | None:
+        if event.thread is not None:
+            return event.thread
+        thread_id = protocol.event_thread_id(event.frame)
+        return None if thread_id is None else self.threads.get(thread_id)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeRequest:
+    """A candidate to follow; with `after` (the last seq the client has), what came since
+    is replayed first, as `sees` decides."""
+
+    candidate_pk: int
+    candidate_id: str
+    after: int | None
+    sees: ThreadRule
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +211,30 @@ class SubscribeResult:
     seq: int
     reset: bool
     replayed: int
+
+
+@dataclass(eq=False)
+class Replay:
+    """One new subscriber's way from `after` to live: `events` come from the channel's
+    memory, or from the log (`from_log`, with the candidate's `last_seq` read with them)."""
+
+    sub: Subscription
+    channel: CandidateChannel
+    after: int | None
+    sees: ThreadRule
+    events: list[LoggedEvent] | None = None  # None: still to be read from the log
+    from_log: bool = False
+    last_seq: int = 0
+    limit: int = 0  # the log read's size: a full one has more after it
+
+
+def _log_misses(after: int, replay: Replay, events: list[LoggedEvent]) -> bool:
+    """Whether the log no longer holds all that came after `after` (pruned by retention),
+    or `after` is beyond the candidate's seq (erased and created again): a reset. The log
+    has no hole, so it holds everything after `after` if it holds `after + 1`."""
+    if after == replay.last_seq:
+        return False
+    return after > replay.last_seq or not events or events[0].seq != after + 1
 
 
 class Hub:
@@ -214,50 +361,168 @@ class Hub:
     # --- subscriptions --------------------------------------------------------------
 
     async def subscribe(
-        self, connection: Connection, candidate_pk: int, candidate_id: str, after: int | None
+        self,
+        connection: Connection,
+        candidate_pk: int,
+        candidate_id: str,
+        after: int | None,
+        sees: ThreadRule,
     ) -> SubscribeResult:
-        if candidate_pk in connection.subscriptions:
-            await self.unsubscribe(connection, candidate_pk)
-        channel = await self._open_channel(candidate_pk)
-        assert channel.seq is not None
-        sub = Subscription(connection, candidate_pk, candidate_id, last_seq=channel.seq)
-        channel.subscribers.add(sub)
-        connection.subscriptions[candidate_pk] = sub
-        try:
-            reset, replayed = await self._replay(sub, after)
-        except BaseException:
-            channel.subscribers.discard(sub)
-            connection.subscriptions.pop(candidate_pk, None)
-            await self._close_channel_if_idle(channel)
-            raise
-        sub.go_live()
-        return SubscribeResult(sub.last_seq, reset, replayed)
+        request = SubscribeRequest(candidate_pk, candidate_id, after, sees)
+        (result,) = await self.subscribe_many(connection, [request])
+        return result
 
-    async def _replay(self, sub: Subscription, after: int | None) -> tuple[bool, int]:
+    async def subscribe_many(
+        self, connection: Connection, requests: Sequence[SubscribeRequest]
+    ) -> list[SubscribeResult]:
+        """Follows each candidate (at most once in `requests`), replaying what the client
+        missed: from the channels' memory where it still holds all of it, else from the
+        event log, in one read for every candidate that needs it (together with the seqs
+        of the channels opened). Results in the order of `requests`. On failure none of
+        them is followed."""
+        assert len({r.candidate_pk for r in requests}) == len(requests), "a candidate twice"
+        for request in requests:
+            if request.candidate_pk in connection.subscriptions:
+                await self.unsubscribe(connection, request.candidate_pk)
+        replays: list[Replay] = []
+        try:
+            await self._join(connection, requests, replays)
+            await self._learn_threads(replays)
+            return [await self._catch_up(replay) for replay in replays]
+        except BaseException:
+            await self._abandon(replays)
+            raise
+
+    async def _join(
+        self, connection: Connection, requests: Sequence[SubscribeRequest], replays: list[Replay]
+    ) -> None:
+        """Adds the subscribers (replaying: live events wait in their buffers), opens the
+        channels nobody here followed yet, and reads what memory does not hold."""
+        async with self._lifecycle:
+            opening: list[CandidateChannel] = []
+            for request in requests:
+                channel = self.channels.get(request.candidate_pk)
+                if channel is None or channel.seq is None:
+                    channel = CandidateChannel(request.candidate_pk)
+                    self.channels[channel.pk] = channel
+                    opening.append(channel)
+                replays.append(self._add_subscriber(connection, channel, request))
+            if opening:
+                # Subscribe first, then read the seqs: anything published after that read
+                # arrives live; anything before it is in the log.
+                for channel in opening:
+                    await self.broker.subscribe(envelope.candidate_channel(channel.pk))
+                await self._read_log(replays, opening)
+                return
+        await self._read_log(replays, [])
+
+    def _add_subscriber(
+        self, connection: Connection, channel: CandidateChannel, request: SubscribeRequest
+    ) -> Replay:
+        sub = Subscription(connection, channel.pk, request.candidate_id, channel.seq or 0)
+        channel.subscribers.add(sub)
+        connection.subscriptions[channel.pk] = sub
+        replay = Replay(sub, channel, request.after, request.sees)
+        if request.after is None:
+            replay.events = []
+        elif channel.seq is not None:
+            replay.events = channel.recent.since(request.after, channel.seq)
+        return replay
+
+    async def _read_log(self, replays: list[Replay], opening: list[CandidateChannel]) -> None:
+        """One read for all: the seqs of the channels being opened, and the events that
+        memory does not hold (a channel being opened holds none)."""
+        after = {r.channel.pk: r.after for r in replays if r.events is None and r.after is not None}
+        pks = [channel.pk for channel in opening]
+        pks += [pk for pk in after if pk not in {channel.pk for channel in opening}]
+        if not pks:
+            return  # everything is in memory: no SQL at all
+        limit = max(1, REPLAY_BATCH // max(1, len(after)))
+        reads = await self.source.log_reads(pks, after, limit)
+        for channel in opening:
+            channel.seq = reads.last_seqs.get(channel.pk, 0)
+            channel.recent.seed(reads.events.get(channel.pk, []), channel.seq)
+        for replay in replays:
+            if replay.channel in opening:
+                replay.sub.last_seq = replay.channel.seq or 0
+            if replay.events is None:
+                replay.events = reads.events.get(replay.channel.pk, [])
+                replay.from_log, replay.limit = True, limit
+                replay.last_seq = reads.last_seqs.get(replay.channel.pk, 0)
+        for channel in opening:
+            self._drain(channel)
+
+    async def _learn_threads(self, replays: list[Replay]) -> None:
+        """Looks up, in one read, the threads of events to replay that came live from the
+        broker (their facts do not travel with them) and that no event here told of."""
+        missing: dict[int, list[CandidateChannel]] = {}
+        for replay in replays:
+            for event in replay.events or ():
+                if event.thread is not None:
+                    replay.channel.threads[event.thread.id] = event.thread
+                elif replay.channel.thread_of(event) is None:
+                    thread_id = protocol.event_thread_id(event.frame)
+                    if thread_id is not None:
+                        missing.setdefault(thread_id, []).append(replay.channel)
+        if not missing:
+            return
+        for thread_id, facts in (await self.source.thread_facts(sorted(missing))).items():
+            for channel in missing[thread_id]:
+                channel.threads[thread_id] = facts
+
+    async def _catch_up(self, replay: Replay) -> SubscribeResult:
+        """Replays what the subscriber missed, then switches it to live."""
+        sub, events, after = replay.sub, replay.events or [], replay.after
         if after is None:
-            return False, 0
-        window = await self.source.window(sub.candidate_pk)
-        last = window.last_seq or 0
-        complete = after == last or (
-            window.first_retained is not None and window.first_retained <= after + 1
+            sub.go_live()
+            return SubscribeResult(sub.last_seq, False, 0)
+        if replay.from_log and _log_misses(after, replay, events):
+            sub.go_live()  # from the channel's seq on: the client reloads over REST
+            return SubscribeResult(sub.last_seq, True, 0)
+        sub.last_seq = after  # (live events up to `after` are the client's already)
+        replayed = await self._send_visible(replay, events)
+        while replay.from_log and len(events) == replay.limit and self._still_wanted(sub):
+            events = await self.source.events_after(sub.candidate_pk, sub.last_seq, REPLAY_BATCH)
+            replay.limit = REPLAY_BATCH
+            replayed += await self._send_visible(replay, events)
+        sub.go_live()
+        return SubscribeResult(sub.last_seq, False, replayed)
+
+    async def _send_visible(self, replay: Replay, events: list[LoggedEvent]) -> int:
+        """Sends the events the subscriber sees now (pacing itself to the client); returns
+        how many were sent. Stops once the socket closed or the subscription ended (its
+        user lost access meanwhile)."""
+        sub, sent = replay.sub, 0
+        seen: dict[int, bool] = {}  # thread id: does the user see it
+        for event in events:
+            thread = replay.channel.thread_of(event)
+            if thread is not None and thread.id not in seen:
+                seen[thread.id] = replay.sees(thread)
+            if not self._still_wanted(sub):
+                break
+            sub.last_seq = event.seq
+            if thread is not None and seen[thread.id]:
+                await sub.connection.send_wait(event.frame)
+                sent += 1
+        return sent
+
+    @staticmethod
+    def _still_wanted(sub: Subscription) -> bool:
+        connection = sub.connection
+        return (
+            connection.close_code is None and connection.subscriptions.get(sub.candidate_pk) is sub
         )
-        if after > last or not complete:
-            return True, 0
-        sub.last_seq, replayed, cursor = after, 0, after
-        if after == last:
-            return False, 0  # nothing to replay (events after this read arrive live)
-        user_pk = sub.connection.user_pk
-        while True:
-            batch = await self.source.events_after(sub.candidate_pk, cursor, REPLAY_BATCH)
-            for event in batch:
-                visible = event.frame if user_pk in event.audience else None
-                sub.last_seq = event.seq
-                if visible is not None:
-                    await sub.connection.send_wait(visible)
-                    replayed += 1
-            if len(batch) < REPLAY_BATCH:
-                return False, replayed
-            cursor = batch[-1].seq
+
+    async def _abandon(self, replays: list[Replay]) -> None:
+        """Undoes a subscribe that failed or was given up on: its subscribers leave, and the
+        channels left without any are closed."""
+        for replay in replays:
+            replay.channel.subscribers.discard(replay.sub)
+            connection = replay.sub.connection
+            if connection.subscriptions.get(replay.sub.candidate_pk) is replay.sub:
+                del connection.subscriptions[replay.sub.candidate_pk]
+        for channel in {id(r.channel): r.channel for r in replays}.values():
+            await self._close_channel_if_idle(channel)
 
     async def unsubscribe(self, connection: Connection, candidate_pk: int) -> bool:
         sub = connection.subscriptions.pop(candidate_pk, None)
@@ -268,21 +533,6 @@ class Hub:
             channel.subscribers.discard(sub)
             await self._close_channel_if_idle(channel)
         return True
-
-    async def _open_channel(self, candidate_pk: int) -> CandidateChannel:
-        async with self._lifecycle:
-            channel = self.channels.get(candidate_pk)
-            if channel is not None and channel.seq is not None:
-                return channel
-            channel = CandidateChannel(candidate_pk)
-            self.channels[candidate_pk] = channel
-            # Subscribe first, then read the last seq: anything published after that read
-            # arrives live; anything before it is in the log.
-            await self.broker.subscribe(envelope.candidate_channel(candidate_pk))
-            seqs = await self.source.last_seqs([candidate_pk])
-            channel.seq = seqs.get(candidate_pk, 0)
-            self._drain(channel)
-            return channel
 
     async def _close_channel_if_idle(self, channel: CandidateChannel) -> None:
         async with self._lifecycle:
@@ -333,6 +583,9 @@ class Hub:
             sub.deliver(
                 event.seq, event.frame if sub.connection.user_pk in event.audience else None
             )
+        channel.recent.append(event)
+        if event.thread is not None:
+            channel.threads[event.thread.id] = event.thread
         if self.on_event_dispatched is not None:
             self.on_event_dispatched(len(channel.subscribers))
 

@@ -17,9 +17,11 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StrictInt,
     StrictStr,
+    Tag,
     TypeAdapter,
     WithJsonSchema,
 )
@@ -30,6 +32,8 @@ MAX_ID: Final = 2**63 - 1  # ids and seqs are stored as signed 64-bit integers
 MAX_BODY_CHARS: Final = 5000
 MAX_REF_CHARS: Final = 128
 MAX_FRAME_BYTES: Final = 64 * 1024  # a larger frame closes the socket (1009)
+# Candidates in one batch `subscribe`: a tab's worth, with a few KiB of frame at most.
+MAX_BATCH_CANDIDATES: Final = 100
 HOST_ID: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # the host ATS's ids of orgs, users...
 HOST_ID_RULE: Final = f"must match {HOST_ID.pattern}"  # what an error says of a bad one
 
@@ -93,6 +97,32 @@ class Subscribe(Frame):
     after: Seq | None = None
 
 
+class SubscribeItem(BaseModel):
+    """One candidate of a batch `subscribe`."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    candidate: HostId
+    after: Seq | None = None
+
+
+def _distinct_candidates(items: list[SubscribeItem]) -> list[SubscribeItem]:
+    if len({item.candidate for item in items}) < len(items):
+        raise ValueError("must not name a candidate twice")
+    return items
+
+
+class SubscribeBatch(Frame):
+    """Follow many candidates at once (a tab resuming all it shows): one ack, with a result
+    per candidate."""
+
+    op: Literal["subscribe"]
+    candidates: Annotated[
+        list[SubscribeItem],
+        Field(min_length=1, max_length=MAX_BATCH_CANDIDATES),
+        AfterValidator(_distinct_candidates),
+    ]
+
+
 class Unsubscribe(Frame):
     op: Literal["unsubscribe"]
     candidate: HostId
@@ -120,10 +150,38 @@ class Ping(Frame):
     op: Literal["ping"]
 
 
+SUBSCRIBE_BATCH: Final = "subscribe (batch)"  # the batch form's name in docs/protocol.md
+
+
+def op(raw: Any) -> Any:
+    """Which frame a raw one is: its `op`, and the batch form of `subscribe` by its list."""
+    if not isinstance(raw, dict):
+        return None
+    if raw.get("op") == "subscribe" and "candidates" in raw:
+        return SUBSCRIBE_BATCH
+    return raw.get("op")
+
+
+# Every client frame by the name docs/protocol.md gives it (its op, but for the batch form).
+CLIENT_FRAMES: Final = {
+    "subscribe": Subscribe,
+    SUBSCRIBE_BATCH: SubscribeBatch,
+    "unsubscribe": Unsubscribe,
+    "send": Send,
+    "read": Read,
+    "delete": Delete,
+    "ping": Ping,
+}
 ClientFrame = Annotated[
-    Subscribe | Unsubscribe | Send | Read | Delete | Ping, Field(discriminator="op")
+    Annotated[Subscribe, Tag("subscribe")]
+    | Annotated[SubscribeBatch, Tag(SUBSCRIBE_BATCH)]
+    | Annotated[Unsubscribe, Tag("unsubscribe")]
+    | Annotated[Send, Tag("send")]
+    | Annotated[Read, Tag("read")]
+    | Annotated[Delete, Tag("delete")]
+    | Annotated[Ping, Tag("ping")],
+    Discriminator(op),
 ]
-CLIENT_FRAMES: Final = (Subscribe, Unsubscribe, Send, Read, Delete, Ping)
 _client_frames: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
 
 
@@ -169,6 +227,7 @@ def _ack(ref: Any, fields: dict[str, Any]) -> str:
 # What each op's ack carries besides `type` and `ref` (docs/protocol.md, "ack carries").
 ACK_FIELDS: Final = {
     "subscribe": ("candidate", "seq", "reset"),
+    SUBSCRIBE_BATCH: ("candidates",),
     "unsubscribe": ("candidate",),
     "send": ("message",),
     "read": ("unread",),
@@ -179,6 +238,22 @@ ACK_FIELDS: Final = {
 def ack_subscribe(ref: Any, candidate_id: str, seq: int, reset: bool) -> str:
     """`reset`: the log no longer reaches back to `after`; reload over REST."""
     return _ack(ref, {"candidate": candidate_id, "seq": seq, "reset": reset})
+
+
+def subscribed(candidate_id: str, seq: int, reset: bool) -> dict[str, Any]:
+    """One candidate's result in a batch `subscribe` ack: as the single form's ack says."""
+    return {"candidate": candidate_id, "seq": seq, "reset": reset}
+
+
+def not_subscribed(candidate_id: str, code: str, message: str) -> dict[str, Any]:
+    """One candidate's result in a batch `subscribe` ack: the error its single form gets."""
+    return {"candidate": candidate_id, "error": {"code": code, "message": message}}
+
+
+def ack_subscribe_batch(ref: Any, results: list[dict[str, Any]]) -> str:
+    """`results`: one per candidate asked for, in the frame's order (`subscribed` or
+    `not_subscribed`)."""
+    return _ack(ref, {"candidates": results})
 
 
 def ack_unsubscribe(ref: Any, candidate_id: str) -> str:
@@ -227,6 +302,43 @@ def candidate_event(
         body["message"] = message
     else:
         body["message_id"] = message_id
+    return _dumps(body)
+
+
+# `candidate_event` writes these keys first and in this order, so that a frame's head tells
+# its thread without parsing the message it carries.
+_EVENT_HEAD: Final = re.compile(
+    r'\{"type":"message\.(?:created|deleted)","candidate":"[A-Za-z0-9_.-]{1,64}",'
+    r'"seq":\d+,"thread":(\d+)[,}]'
+)
+_DELETED_HEAD: Final = f'{{"type":"{MESSAGE_DELETED}"'
+_CREATED_HEAD: Final = f'{{"type":"{MESSAGE_CREATED}"'
+
+
+def event_thread_id(frame: str) -> int | None:
+    """The thread of a candidate event's frame (None for any other frame)."""
+    head = _EVENT_HEAD.match(frame)
+    return int(head.group(1)) if head else None
+
+
+def deleted_message_id(frame: str) -> int | None:
+    """The message a `message.deleted` frame deletes (None for any other frame)."""
+    if not frame.startswith(_DELETED_HEAD):
+        return None
+    message_id = orjson.loads(frame).get("message_id")
+    return message_id if isinstance(message_id, int) else None
+
+
+def tombstone(frame: str, message_id: int) -> str | None:
+    """The `message.created` frame of this message as the event log replays it once the
+    message is deleted (no body); None if the frame is not that message's creation."""
+    if not frame.startswith(_CREATED_HEAD) or f'"id":{message_id}' not in frame:
+        return None  # (a cheap test first: this runs over many frames per deletion)
+    body = orjson.loads(frame)
+    message = body.get("message")
+    if not isinstance(message, dict) or message.get("id") != message_id:
+        return None
+    body["message"] = {**message, "body": None, "deleted": True}
     return _dumps(body)
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 import jwt
-from sqlalchemy import bindparam, delete, select, union
+from sqlalchemy import CompoundSelect, bindparam, delete, null, select, union
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from storage.models import Candidate, EmailMute, EmailOutbox, User
@@ -83,7 +84,37 @@ async def muted_among(
     return set(await session.scalars(_MUTED, {"users": wanted, "c": candidate_pk}))
 
 
-# Built once: this runs inside every send.
+async def muted_pairs(
+    conn: AsyncConnection, pairs: Iterable[tuple[int, int]]
+) -> set[tuple[int, int]]:
+    """The (user, candidate) pairs among `pairs` whose alerts are muted, in one statement:
+    the user muted everything, or that candidate."""
+    wanted = set(pairs)
+    if not wanted:
+        return set()
+    users = sorted({user for user, _ in wanted})
+    candidates = sorted({candidate for _, candidate in wanted})
+    rows = await conn.execute(_MUTED_PAIRS, {"users": users, "candidates": candidates})
+    muted_everything = set()
+    muted = set()
+    for user_pk, candidate_pk in rows:
+        if candidate_pk is None:
+            muted_everything.add(user_pk)
+        else:
+            muted.add((user_pk, candidate_pk))
+    return {pair for pair in wanted if pair in muted or pair[0] in muted_everything}
+
+
+# Built once: these run for every batch of alerts.
+_MUTED_PAIRS: CompoundSelect[Any] = union(
+    select(User.pk, null().label("candidate_pk")).where(
+        User.pk.in_(bindparam("users", expanding=True)), User.email_muted.is_(True)
+    ),
+    select(EmailMute.user_pk, EmailMute.candidate_pk).where(
+        EmailMute.user_pk.in_(bindparam("users", expanding=True)),
+        EmailMute.candidate_pk.in_(bindparam("candidates", expanding=True)),
+    ),
+)
 _MUTED = union(
     select(User.pk).where(
         User.pk.in_(bindparam("users", expanding=True)), User.email_muted.is_(True)

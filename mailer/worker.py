@@ -1,6 +1,9 @@
-"""The alert worker: claims due outbox rows, re-checks them as things are now, sends.
+"""The alert worker: queues the alerts of new messages, claims due outbox rows, re-checks
+them as things are now, sends.
 
-It runs inside every server process, and alone as `agency-messaging worker`. At send time
+It runs inside every server process, and alone as `agency-messaging worker`. Each round it
+first has the domain decide the alerts of messages posted since (`derive`, reading the
+event log: the send itself writes nothing for alerts), then claims what is due. At send time
 each alert is checked again: the recipient still sees the thread, is not muted, is offline
 on every process, and still has unread messages in it; otherwise it is dropped.
 """
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -70,6 +73,7 @@ class AlertWorker:
         sender: str,
         options: WorkerOptions | None = None,
         count: Callable[[str], None] = lambda outcome: None,
+        derive: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.db = db
         self.transport = transport
@@ -80,6 +84,8 @@ class AlertWorker:
         self.sender = sender
         self.options = options or WorkerOptions()
         self.count = count
+        # Queues the alerts of new messages; True when it decided a full batch (more wait).
+        self.derive = derive
 
     async def run_forever(self) -> None:
         while True:
@@ -96,13 +102,15 @@ class AlertWorker:
                 await asyncio.sleep(self.options.poll_seconds)
 
     async def run_once(self) -> bool:
-        """Claims and handles one batch; returns whether there was anything to do."""
+        """Queues new alerts, then claims and handles one batch of due ones; returns whether
+        a full batch was handled (more may be waiting)."""
+        more_to_derive = await self.derive() if self.derive is not None else False
         claimed = await outbox.claim(
             self.db, limit=self.options.batch, lease_seconds=self.options.lease_seconds
         )
         for row in claimed:
             await self._handle(row)
-        return len(claimed) == self.options.batch
+        return more_to_derive or len(claimed) == self.options.batch
 
     async def _handle(self, row: EmailOutbox) -> None:
         try:

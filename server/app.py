@@ -15,10 +15,10 @@ from channels.backends import create_broker, create_presence
 from channels.connection import ConnectionLimits
 from channels.hub import Hub
 from channels.interfaces import Presence
-from mailer.outbox import AlertScheduler
 from mailer.transport import Transport, create_transport
 from mailer.worker import AlertWorker, WorkerOptions
 from server.domain.actions import Messaging
+from server.domain.alerting import AlertDerivation
 from server.domain.eventlog import SqlEventSource, prune_events
 from server.domain.facts import AlertAccess
 from server.domain.fanout import BrokerSink
@@ -80,8 +80,11 @@ def alert_worker(
     transport: Transport | None = None,
     options: WorkerOptions | None = None,
     count: Callable[[str], None] = lambda outcome: None,
+    derivation: AlertDerivation | None = None,
 ) -> AlertWorker:
-    """The alert worker as `serve` and `worker` run it, answering access through the domain."""
+    """The alert worker as `serve` and `worker` run it, answering access through the domain
+    and deciding new alerts from the event log (server.domain.alerting)."""
+    derivation = derivation or AlertDerivation(db, presence, settings.email_delay_seconds)
     return AlertWorker(
         db,
         transport
@@ -93,6 +96,7 @@ def alert_worker(
         sender=settings.sender,
         options=options,
         count=count,
+        derive=derivation.full_batch,
     )
 
 
@@ -128,13 +132,17 @@ def create_app(
             stack.push_async_callback(hub.close)
             sink = BrokerSink(broker)
             count_email = metrics.emails.labels
-            alerts = AlertScheduler(
-                presence, settings.email_delay_seconds, count=lambda n: count_email("queued").inc(n)
+            alerts = AlertDerivation(
+                db,
+                presence,
+                settings.email_delay_seconds,
+                count=lambda n: count_email("queued").inc(n),
             )
             app.state.services = Services(
                 settings=settings,
                 db=db,
-                messaging=Messaging(db, sink, alerts),
+                messaging=Messaging(db, sink),
+                alerts=alerts,
                 provisioning=Provisioning(db, sink),
                 metrics=metrics,
                 send_limiter=SendRateLimiter(settings.send_rate_per_minute),
@@ -150,6 +158,7 @@ def create_app(
                     presence,
                     options=worker_options,
                     count=lambda outcome: count_email(outcome).inc(),
+                    derivation=alerts,
                 )
                 jobs.append(("email-worker", worker.run_forever()))
             for name, job in jobs:

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import event, exc, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -113,6 +114,15 @@ class Database:
         self.sqlite = is_sqlite(url)
         self.engine = create_engine(url, **engine_kwargs)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Reads on PostgreSQL run in autocommit: each statement is its own snapshot either
+        # way (READ COMMITTED), and a read then costs its statements alone, not BEGIN and
+        # ROLLBACK round trips around them.
+        reads = (
+            self.engine
+            if self.sqlite
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
+        self._read_sessions = async_sessionmaker(reads, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.sqlite else None
         self.statements = 0  # SQL statements sent, for /metrics and the benchmarks
         event.listen(self.engine.sync_engine, "before_cursor_execute", self._count_statement)
@@ -126,7 +136,7 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        async with self._sessions() as session:
+        async with self._read_sessions() as session:
             yield session
 
     @asynccontextmanager
@@ -139,6 +149,31 @@ class Database:
             conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
             async with AsyncSession(bind=conn, expire_on_commit=False) as session, session.begin():
                 yield session
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction on a bare connection, for Core statements on hot paths (an ORM
+        session costs more than the statements). Commits on success, as `write()`."""
+        if self._write_lock is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self.engine.connect() as conn:
+            conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
+            async with conn.begin():
+                yield conn
+
+    @asynccontextmanager
+    async def atomic(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for writes that are one statement on PostgreSQL: in autocommit, the
+        statement is its own transaction (one round trip, no BEGIN and COMMIT). On SQLite,
+        whose statements here stand for one, a write transaction as `transaction()`."""
+        if self._write_lock is not None:
+            async with self.transaction() as conn:
+                yield conn
+            return
+        async with self.engine.connect() as conn:
+            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:

@@ -119,6 +119,9 @@ class Candidate(Base):
     # The candidate's newest event seq. Bumped with a row lock inside each writing
     # transaction, so that seqs commit in the order they are handed out.
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    # Bumped by every change of who sees the candidate: a send checks, in the statement that
+    # locks the row, that the access it decided on (kept in memory) is still current.
+    access_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
 
 class CandidateMember(Base):
@@ -255,7 +258,15 @@ class Event(Base):
     """
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_created_at", "created_at"),)
+    __table_args__ = (
+        Index("ix_events_created_at", "created_at"),
+        Index(
+            "ix_events_alerts_pending",
+            "created_at",
+            sqlite_where=text("alerts_pending"),
+            postgresql_where=text("alerts_pending"),
+        ),
+    )
     candidate_pk: Mapped[int] = mapped_column(
         ForeignKey("candidates.pk", ondelete="CASCADE"), primary_key=True
     )
@@ -264,6 +275,10 @@ class Event(Base):
     thread_id: Mapped[int] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"))
     message_id: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # A new message whose email alerts the worker has not decided yet (see mailer.outbox).
+    alerts_pending: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=text("false")
+    )
 
 
 class EmailOutbox(Base):

@@ -9,22 +9,36 @@ that the contract promises to the host ATS's own browser tests.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, Request, Route, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    Locator,
+    Page,
+    Request,
+    Route,
+    WebSocket,
+    async_playwright,
+    expect,
+)
 
 from harness.services import ServerProcess, free_port
 from server.app import create_app
 from tests.support.browser import (
     ARTIFACTS,
+    BUBBLE_NAME,
     CANDIDATE,
     CANDIDATE_NAME,
+    ORG,
     PHONE,
     Site,
     api_for,
@@ -437,6 +451,149 @@ async def test_pages_reconnect_after_a_restart_and_deliver_what_was_sent_offline
         "Written while the server was down",
         "After the restart",
     ], server.log()
+
+
+async def test_a_tab_resumes_all_its_candidates_in_one_batch_frame_after_a_restart(
+    process_site: tuple[Site, ServerProcess],
+) -> None:
+    """A host page that shows the messages of four candidates loses its socket to a server
+    restart, and stays away while messages are sent about three of them and the user loses
+    access to the fourth. Once back, it shows each message once and the fourth as lost, and
+    it resumed all four with one batch `subscribe`."""
+    site, server = process_site
+    kept = [CANDIDATE, "c2", "c3"]
+    lost = "c4"
+    followed = [*kept, lost]
+    for candidate in followed[1:]:
+        await provision_candidate(site, candidate, members=["coord"])
+    threads: dict[str, int] = {}
+    for candidate in followed:
+        thread = await site.api.open_thread(ORG, "ann", candidate, {"private": False})
+        threads[candidate] = thread["id"]
+        await site.api.send(ORG, "ann", thread["id"], f"Before, about {candidate}")
+
+    coord = await site.page("coord")
+    await coord.evaluate(
+        """(ids) => { for (const id of ids) {
+             const messages = document.createElement("agency-messages");
+             messages.setAttribute("candidate", id);
+             document.getElementById("messages-slot").append(messages);
+           } }""",
+        followed[1:],
+    )
+    await connected(coord)
+    await open_candidate_messages(coord, CANDIDATE)
+    await expect(message_item(coord, f"Before, about {CANDIDATE}")).to_be_visible()
+    sockets = frame_log(coord)  # the sockets opened from now on, with their frames
+
+    await asyncio.to_thread(server.terminate)  # closes every socket with 1012
+    await disconnected(coord)
+    await coord.context.set_offline(True)  # the tab stays away until all this is done
+    await asyncio.to_thread(server.launch)  # the same port and database
+    away = {c: [f"While away, about {c} ({i})" for i in (1, 2)] for c in kept}
+    for candidate, sent in away.items():
+        for body in sent:
+            await site.api.send(ORG, "ann", threads[candidate], body)
+    await provision_candidate(site, lost, members=["mem"])  # coord loses access
+    await coord.context.set_offline(False)
+    await connected(coord, timeout=RECONNECT)
+
+    # What the user sees: the dialog left open and two others, each message once, in order;
+    # the fourth with nothing in it and no way to write.
+    for candidate in kept:
+        if candidate != CANDIDATE:
+            await coord.keyboard.press("Escape")
+            await expect(dialog(coord)).to_be_hidden()
+            await expect(candidate_bubble(coord, candidate)).to_have_accessible_name(
+                "Messages, 3 unread", timeout=SHORT
+            )
+            await open_candidate_messages(coord, candidate)
+        expected = [f"Before, about {candidate}", *away[candidate]]
+        for body in expected:
+            await expect(message_item(coord, body)).to_have_count(1, timeout=SHORT)
+        assert await bodies(coord) == expected
+    await coord.keyboard.press("Escape")
+    await expect(candidate_bubble(coord, lost)).to_have_accessible_name("Messages")
+    await open_candidate_messages(coord, lost)
+    await expect(dialog(coord).get_by_role("textbox", name="Message")).to_be_hidden()
+    await expect(dialog(coord).get_by_role("log").get_by_role("listitem")).to_have_count(0)
+
+    # On the wire: one subscribe on the new socket, the batch form, from the seq each
+    # candidate had reached; one ack, with the fourth refused; and each message sent
+    # meanwhile replayed once.
+    subscribes = [
+        frame for socket in sockets for frame in socket.sent if frame.get("op") == "subscribe"
+    ]
+    assert len(subscribes) == 1, subscribes
+    (resume,) = subscribes
+    assert "candidate" not in resume
+    assert [item["candidate"] for item in resume["candidates"]] == followed
+    assert all(item.get("after", 0) > 0 for item in resume["candidates"]), resume
+    (ack,) = [
+        frame
+        for socket in sockets
+        for frame in socket.received
+        if frame.get("type") == "ack" and frame.get("ref") == resume["ref"]
+    ]
+    results = {result["candidate"]: result for result in ack["candidates"]}
+    assert [results[c]["reset"] for c in kept] == [False] * len(kept), ack
+    assert results[lost]["error"]["code"] == "not_found", ack
+    replayed = [
+        frame["message"]["body"]
+        for socket in sockets
+        for frame in socket.received
+        if frame.get("type") == "message.created"
+    ]
+    assert sorted(replayed) == sorted(body for sent in away.values() for body in sent)
+    assert await coord.evaluate("[...window.__amTestClient.subscriptions.keys()]") == kept
+
+
+async def provision_candidate(site: Site, candidate: str, *, members: list[str]) -> None:
+    """`candidate`, coordinated by the first of `members`, with agency user ann."""
+    await site.api.provision(
+        f"{ORG}/candidates/{candidate}",
+        {
+            "name": f"Candidate {candidate}",
+            "coordinator": members[0],
+            "members": members,
+            "agency_users": ["ann"],
+        },
+    )
+
+
+@dataclass
+class SocketFrames:
+    """The frames one of a page's WebSockets sent and received, parsed."""
+
+    url: str
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+
+def frame_log(page: Page) -> list[SocketFrames]:
+    """Records the frames of every WebSocket that `page` opens from now on."""
+    sockets: list[SocketFrames] = []
+
+    def opened(socket: WebSocket) -> None:
+        log = SocketFrames(socket.url)
+        sockets.append(log)
+        socket.on("framesent", lambda payload: log.sent.append(json.loads(payload)))
+        socket.on("framereceived", lambda payload: log.received.append(json.loads(payload)))
+
+    page.on("websocket", opened)
+    return sockets
+
+
+def candidate_bubble(page: Page, candidate: str) -> Locator:
+    """The bubble of a candidate's <agency-messages>, on a page with several of them."""
+    return page.locator(f'agency-messages[candidate="{candidate}"]').get_by_role(
+        "button", name=BUBBLE_NAME
+    )
+
+
+async def open_candidate_messages(page: Page, candidate: str) -> None:
+    await candidate_bubble(page, candidate).click()
+    await expect(dialog(page)).to_be_visible()
 
 
 # --- 6. history paging ---------------------------------------------------------------------

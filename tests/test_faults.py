@@ -665,7 +665,13 @@ class MailNode:
             return {user: row for user, row in result.all()}
 
     async def row(self, user: str) -> EmailOutbox:
-        return (await self.rows())[user]
+        """The user's alert, once the worker has queued it (it decides alerts from the event
+        log on its next round)."""
+        deadline = time.monotonic() + 20
+        while (found := (await self.rows()).get(user)) is None:
+            assert time.monotonic() < deadline, f"no alert was ever queued for {user}"
+            await asyncio.sleep(0.05)
+        return found
 
     async def make_due(self) -> None:
         """What the delay or a backoff would wait for runs out now (see Env.release in
@@ -822,6 +828,7 @@ async def test_smtp_defers_then_stalls_then_refuses(
     smtp.fail_next(421)
     smtp.fail_next(550)
     await post_as_coord(http, node, "c2", "abe")
+    await node.row("abe")  # queued by the worker's next round
     await node.make_due()
     row = await node.wait_row(
         "abe", "was deferred", lambda r: r.attempts == 1 and r.status != outbox.SENDING

@@ -846,7 +846,6 @@ class Run:
         client = await WsClient.connect(self.live, self.api.token(self.org_ids[key[0]], key[1]))
         pong = await client.request("ping")  # registered online by now
         assert pong["type"] == "pong", pong
-        self.model.came_online(*key)
         return client
 
     async def wait_offline(self, key: Who) -> None:
@@ -1015,6 +1014,8 @@ class Run:
     # --- email ----------------------------------------------------------------------------
 
     async def check_pending(self) -> None:
+        # The alerts of the messages sent so far are decided now, before any other step.
+        await self.services.alerts.run_all()
         label = {v: k for k, v in self.org_ids.items()}
         async with self.services.db.read() as session:
             rows = await session.execute(

@@ -1,27 +1,31 @@
 """Every change to conversations happens here, for REST and WebSocket alike.
 
 Each action runs one transaction: lock the candidate row, load the facts, ask
-`server.domain.rules`, write, append to the candidate's event log with the next seq, queue
-email alerts in the outbox (sends only), commit. Only then are the events handed to the sink
-(persist first, then publish).
+`server.domain.rules`, write, append to the candidate's event log with the next seq, commit.
+Only then are the events handed to the sink (persist first, then publish).
+
+Sends, the hot path, decide on the thread's access kept in memory (server.domain.targets)
+and write in one statement that also checks that access is still current
+(server.domain.posting); their email alerts are decided later from the event log.
 """
 
 from __future__ import annotations
 
-import functools
+import logging
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from channels import protocol
-from mailer.outbox import AlertScheduler
 from server.domain import facts, rules
-from server.domain.errors import InvalidInput, NotFound
+from server.domain.errors import AppError, InvalidInput, NotFound, Unavailable
 from server.domain.events import CandidateEvent, DomainEvent, EventSink, UnreadTouched
 from server.domain.facts import Principal, Target
-from server.domain.rules import ThreadKey
+from server.domain.posting import NewMessage, Posted, post_message
+from server.domain.rules import Actor, ThreadKey
+from server.domain.targets import TargetCache
 from server.domain.views import (
     Json,
     message_json,
@@ -32,6 +36,12 @@ from server.domain.views import (
 from storage.database import Database
 from storage.models import Candidate, Event, Message, ReadMarker, Thread, User, utcnow
 
+log = logging.getLogger("agency_messaging.actions")
+
+# A send decides on access kept in memory and checks it at the write; when it moved, the
+# send reads it again and retries, a few times at most under a storm of access changes.
+SEND_ATTEMPTS = 3
+
 
 @dataclass(frozen=True, slots=True)
 class OpenThreadRequest:
@@ -41,10 +51,10 @@ class OpenThreadRequest:
 
 
 class Messaging:
-    def __init__(self, db: Database, sink: EventSink, alerts: AlertScheduler | None = None) -> None:
+    def __init__(self, db: Database, sink: EventSink) -> None:
         self.db = db
         self.sink = sink
-        self.alerts = alerts
+        self.targets = TargetCache()
 
     # --- threads --------------------------------------------------------------------
 
@@ -131,56 +141,80 @@ class Messaging:
     async def _send(
         self, who: Principal, thread_id: int, body: str, client_id: str | None
     ) -> tuple[Json, bool]:
-        async with self.db.write() as session:
-            conn = await session.connection()
-            target = await facts.thread_target(conn, who.actor, thread_id, lock=True)
-            rules.check_post(who.actor, target.access, target.ref)
-            if client_id is not None:
-                earlier = await _repeat(session, who, client_id)
-                if earlier is not None:
-                    return earlier, False
-            message = Message(
-                thread_id=target.ref.id,
+        actor = who.actor
+        target, fresh = self.targets.get(actor, thread_id), False
+        for _attempt in range(SEND_ATTEMPTS):
+            if target is None:
+                target, fresh = await self._read_target(actor, thread_id), True
+            try:
+                rules.check_post(actor, target.access, target.ref)
+            except AppError:
+                if fresh:
+                    raise
+                target = None  # kept in memory: never refuse on that, read it again
+                continue
+            new = NewMessage(
                 candidate_pk=target.ref.candidate_pk,
-                author_pk=who.actor.pk,
+                thread_id=target.ref.id,
+                access_version=target.access_version,
+                author_pk=actor.pk,
                 body=body,
                 client_id=client_id,
                 created_at=utcnow(),
-                deleted=False,
             )
-            # Core statements on the session's connection: the ORM's unit of work costs
-            # more than SQLite itself on this, the hottest write.
-            values = {
-                "thread_id": message.thread_id,
-                "candidate_pk": message.candidate_pk,
-                "author_pk": message.author_pk,
-                "body": body,
-                "client_id": client_id,
-                "created_at": message.created_at,
-                "deleted": False,
-            }
-            message.id = (await conn.execute(_INSERT_MESSAGE, values)).scalar_one()
-            await conn.execute(_SET_LAST_MESSAGE, {"t": target.ref.id, "m": message.id})
-            seq = await self._append_event(conn, target, protocol.MESSAGE_CREATED, message.id)
-            if self.alerts is not None:
-                await self.alerts.message_posted(
-                    session,
-                    org_pk=who.actor.org_pk,
-                    candidate_pk=target.access.pk,
-                    thread_id=target.ref.id,
-                    message_id=message.id,
-                    author_pk=who.actor.pk,
-                    involved=functools.partial(
-                        rules.alert_recipients, target.access, target.ref, author_pk=who.actor.pk
-                    ),
-                )
-            # The Message JSON from what is in hand: no read back.
-            payload = message_json(message, who.user_json(), target.candidate_id)
-            events = _thread_events(
-                protocol.MESSAGE_CREATED, target, seq, message.id, payload, who.actor.pk
-            )
+            posted = await self._post(new)
+            if posted is not None:
+                return await self._posted(who, target, new, posted), True
+            # Nothing written: the client_id was used already, or the candidate's access
+            # moved since it was read (or the candidate is gone). Decide again on it as now.
+            if client_id is not None:
+                async with self.db.read() as session:
+                    earlier = await _repeat(session, who, client_id)
+                if earlier is not None:
+                    return earlier, False
+            self.targets.forget_candidate(target.ref.candidate_pk)
+            target = None
+        raise Unavailable("The candidate's access kept changing; try again shortly.")
+
+    async def _read_target(self, actor: Actor, thread_id: int) -> Target:
+        async with self.db.read() as session:
+            return await self.targets.load(await session.connection(), actor, thread_id)
+
+    async def _post(self, new: NewMessage) -> Posted | None:
+        """Writes the message (server.domain.posting). A connection the database dropped
+        under the write is retried once on a new one when the message has a client_id: the
+        first attempt may have been written, and the retry then finds it as a repeat. Without
+        one the error reaches the client, who may send again."""
+        for attempt in (1, 2):
+            try:
+                async with self.db.atomic() as conn:
+                    return await post_message(conn, new)
+            except DBAPIError as error:
+                if new.client_id is None or not error.connection_invalidated or attempt == 2:
+                    raise
+                log.warning("The database dropped a connection during a send; retrying once.")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _posted(
+        self, who: Principal, target: Target, new: NewMessage, posted: Posted
+    ) -> Json:
+        """Publishes a committed message; returns its JSON, built from what is in hand."""
+        message = Message(
+            id=posted.message_id,
+            thread_id=new.thread_id,
+            candidate_pk=new.candidate_pk,
+            author_pk=new.author_pk,
+            body=new.body,
+            client_id=new.client_id,
+            created_at=new.created_at,
+            deleted=False,
+        )
+        payload = message_json(message, who.user_json(), target.candidate_id)
+        events = _thread_events(
+            protocol.MESSAGE_CREATED, target, posted.seq, posted.message_id, payload, who.actor.pk
+        )
         await self.sink.publish(events)
-        return payload, True
+        return payload
 
     async def delete(self, who: Principal, message_id: int) -> None:
         """Erases a message's text and leaves a tombstone. Deleting a tombstone is a no-op."""
@@ -268,12 +302,7 @@ class Messaging:
         return seq
 
 
-# The statements of the send path, built once: building a statement costs more than
-# running it on SQLite.
-_INSERT_MESSAGE = insert(Message).returning(Message.id)
-_SET_LAST_MESSAGE = (
-    update(Thread).where(Thread.id == bindparam("t")).values(last_message_id=bindparam("m"))
-)
+# Built once: deletes share the event log's seq with sends.
 _NEXT_SEQ = (
     update(Candidate)
     .where(Candidate.pk == bindparam("c"))

@@ -1,24 +1,58 @@
 """The per-candidate event log as the real-time layer reads it: replay, catch-up, unread
-counts and pruning. Visibility is decided by `server.domain.rules` with access loaded now."""
+counts and pruning. Visibility is decided by `server.domain.rules` with access loaded now:
+each event read carries its thread's facts, and `thread_rule` hands the hub the rule of one
+subscriber."""
 
 from __future__ import annotations
 
 import logging
 from datetime import timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from channels import protocol
 from channels.connection import Connection
-from channels.hub import LoggedEvent, ReplayWindow
+from channels.hub import LoggedEvent, LogReads, ReplayWindow, ThreadFacts, ThreadRule
 from channels.unread import ThreadSnapshot
 from server.domain import facts, rules, views
 from server.domain.facts import Principal
+from server.domain.rules import Actor, CandidateAccess, ThreadRef
 from storage.database import Database
 from storage.models import Candidate, Event, Message, Thread, User, utcnow
 
 log = logging.getLogger("agency_messaging.eventlog")
 PRUNE_BATCH = 500  # candidates per transaction
+
+
+def thread_rule(actor: Actor, access: CandidateAccess) -> ThreadRule:
+    """Which threads of the candidate of `access` the actor sees, as the hub asks it about
+    the events it replays (the actor sees the candidate: its subscribe checked that)."""
+
+    def sees(thread: ThreadFacts) -> bool:
+        ref = ThreadRef(thread.id, access.pk, thread.kind, thread.agency_user_pk, thread.member_pk)
+        return rules.can_see_thread(actor, access, ref)
+
+    return sees
+
+
+def _thread_facts(thread: Thread) -> ThreadFacts:
+    return ThreadFacts(thread.id, thread.kind, thread.agency_user_pk, thread.member_pk)
+
+
+def _logged_event(
+    event: Event,
+    thread: Thread,
+    message: Message,
+    author: User,
+    candidate_id: str,
+    audience: frozenset[int] = frozenset(),
+) -> LoggedEvent:
+    payload = views.message_json(message, views.user_json(author), candidate_id)
+    frame = protocol.candidate_event(
+        event.kind, candidate_id, event.seq, thread.id, message.id, payload
+    )
+    return LoggedEvent(event.seq, audience, frame, _thread_facts(thread))
 
 
 class SqlEventSource:
@@ -43,6 +77,8 @@ class SqlEventSource:
         return ReplayWindow(first_retained=first, last_seq=last)
 
     async def events_after(self, candidate_pk: int, after: int, limit: int) -> list[LoggedEvent]:
+        """The candidate's first `limit` events after `after`, each with its audience now
+        (they may be dispatched live: a catch-up)."""
         async with self.db.read() as session:
             candidate = await facts.candidate_row_by_pk(session, candidate_pk)
             if candidate is None:
@@ -57,21 +93,77 @@ class SqlEventSource:
                 .order_by(Event.seq)
                 .limit(limit)
             )
-            out = []
-            for event, thread, message, author in rows:
-                ref = facts.thread_ref(thread)
-                payload = views.message_json(message, views.user_json(author), candidate.ext_id)
-                frame = protocol.candidate_event(
-                    event.kind, candidate.ext_id, event.seq, thread.id, message.id, payload
+            return [
+                _logged_event(
+                    event,
+                    thread,
+                    message,
+                    author,
+                    candidate.ext_id,
+                    rules.thread_viewers(access, facts.thread_ref(thread)),
                 )
-                out.append(LoggedEvent(event.seq, rules.thread_viewers(access, ref), frame))
-            return out
+                for event, thread, message, author in rows
+            ]
+
+    async def log_reads(
+        self, candidate_pks: list[int], after: dict[int, int], limit: int
+    ) -> LogReads:
+        """The last seqs of `candidate_pks` and each candidate's first `limit` events after
+        its `after`, in one transaction of two statements. The events are for replays only
+        (the replayed user's rule decides, not an audience)."""
+        async with self.db.read() as session:
+            seqs = await session.execute(
+                select(Candidate.pk, Candidate.last_seq).where(Candidate.pk.in_(candidate_pks))
+            )
+            last_seqs = {pk: seq for pk, seq in seqs}
+            events = await _events_in_ranges(session, after, limit) if after else {}
+        return LogReads(last_seqs, events)
+
+    async def thread_facts(self, thread_ids: list[int]) -> dict[int, ThreadFacts]:
+        async with self.db.read() as session:
+            rows = await session.execute(
+                select(Thread.id, Thread.kind, Thread.agency_user_pk, Thread.member_pk).where(
+                    Thread.id.in_(thread_ids)
+                )
+            )
+            return {row.id: ThreadFacts(*row) for row in rows}
 
     async def unread_snapshot(self, connection: Connection) -> list[ThreadSnapshot]:
         who: Principal = connection.context
         async with self.db.read() as session:
             rows = await views.unread_snapshot(session, who.actor)
         return [ThreadSnapshot(*row) for row in rows]
+
+
+async def _events_in_ranges(
+    session: AsyncSession, after: dict[int, int], limit: int
+) -> dict[int, list[LoggedEvent]]:
+    """Each candidate's events in (after, after + limit], in one statement of primary key
+    ranges. Seqs have no hole, so that range is its first `limit` events after `after`, or
+    it lacks `after + 1` when the log no longer reaches back that far."""
+    ranges = [
+        and_(
+            Event.candidate_pk == pk,
+            Event.seq > seq,
+            Event.seq <= min(seq + limit, protocol.MAX_ID),
+        )
+        for pk, seq in after.items()
+    ]
+    rows = await session.execute(
+        select(Event, Thread, Message, User, Candidate.ext_id)
+        .join(Thread, Thread.id == Event.thread_id)
+        .join(Message, Message.id == Event.message_id)
+        .join(User, User.pk == Message.author_pk)
+        .join(Candidate, Candidate.pk == Event.candidate_pk)
+        .where(or_(*ranges))
+        .order_by(Event.candidate_pk, Event.seq)
+    )
+    found: dict[int, list[LoggedEvent]] = {}
+    for event, thread, message, author, candidate_id in rows:
+        found.setdefault(event.candidate_pk, []).append(
+            _logged_event(event, thread, message, author, candidate_id)
+        )
+    return found
 
 
 async def prune_events(db: Database, retention_days: int) -> int:

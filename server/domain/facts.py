@@ -101,6 +101,40 @@ async def access_of(
     )
 
 
+_ACCESS_OF_MANY = union_all(
+    select(CandidateMember.candidate_pk, literal(True), CandidateMember.user_pk).where(
+        CandidateMember.candidate_pk.in_(bindparam("cs", expanding=True))
+    ),
+    select(CandidateAgencyUser.candidate_pk, literal(False), CandidateAgencyUser.user_pk).where(
+        CandidateAgencyUser.candidate_pk.in_(bindparam("cs", expanding=True))
+    ),
+)
+
+
+async def accesses_of(
+    db: AsyncSession | AsyncConnection, candidates: dict[int, tuple[int, int | None]]
+) -> dict[int, CandidateAccess]:
+    """The access of many candidates (pk -> (org_pk, coordinator_pk)) in one statement."""
+    if not candidates:
+        return {}
+    members: dict[int, set[int]] = {pk: set() for pk in candidates}
+    agency_users: dict[int, set[int]] = {pk: set() for pk in candidates}
+    for candidate_pk, is_member, user_pk in await db.execute(
+        _ACCESS_OF_MANY, {"cs": sorted(candidates)}
+    ):
+        (members if is_member else agency_users)[candidate_pk].add(user_pk)
+    return {
+        pk: CandidateAccess(
+            pk=pk,
+            org_pk=org_pk,
+            coordinator_pk=coordinator_pk,
+            member_pks=frozenset(members[pk]),
+            agency_user_pks=frozenset(agency_users[pk]),
+        )
+        for pk, (org_pk, coordinator_pk) in candidates.items()
+    }
+
+
 async def visible_candidate(
     session: AsyncSession, actor: Actor, candidate_id: str, *, lock: bool = False
 ) -> tuple[Candidate, CandidateAccess]:
@@ -147,6 +181,7 @@ class Target:
     ref: ThreadRef
     access: CandidateAccess
     candidate_id: str
+    access_version: int = 0  # the candidate's, read no later than `access`
 
 
 _TARGET = (
@@ -158,6 +193,7 @@ _TARGET = (
         Thread.member_pk,
         Candidate.ext_id,
         Candidate.coordinator_pk,
+        Candidate.access_version,
     )
     .join(Candidate, Candidate.pk == Thread.candidate_pk)
     .where(Thread.id == bindparam("t"), Thread.org_pk == bindparam("o"))
@@ -188,10 +224,12 @@ async def thread_target(
         agency_user_pk=row.agency_user_pk,
         member_pk=row.member_pk,
     )
+    # The version is read before the lists: a change in between makes the pair look stale
+    # (and be read again), never current.
     access = await access_of(db, row.candidate_pk, actor.org_pk, row.coordinator_pk)
     if not rules.can_see_thread(actor, access, ref):
         raise NotFound(missing)
-    return Target(ref, access, row.ext_id)
+    return Target(ref, access, row.ext_id, row.access_version)
 
 
 class AlertAccess:

@@ -162,6 +162,9 @@ class Provisioning:
 
             revoked = before.users_with_access - after.users_with_access
             granted = after.users_with_access - before.users_with_access
+            if not created and before != after:
+                # Processes keep access in memory for sends, checked against this version.
+                candidate.access_version += 1
             if revoked:
                 events.append(AccessRevoked(org.pk, candidate.pk, revoked))
             if granted and not created:

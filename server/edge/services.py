@@ -11,6 +11,7 @@ from channels.connection import ConnectionLimits
 from channels.hub import Hub
 from channels.interfaces import Broker, Presence
 from server.domain.actions import Messaging
+from server.domain.alerting import AlertDerivation
 from server.domain.provisioning import Provisioning
 from server.domain.ratelimit import SendRateLimiter
 from server.edge.guard import ConnectionGuard
@@ -32,6 +33,7 @@ class Services:
     settings: Settings
     db: Database
     messaging: Messaging
+    alerts: AlertDerivation  # decides new messages' alerts (the worker runs it)
     provisioning: Provisioning
     metrics: Metrics
     send_limiter: SendRateLimiter

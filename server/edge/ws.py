@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from channels import protocol
 from channels.connection import Connection
+from channels.hub import SubscribeRequest
 from channels.protocol import (
     CLOSE_CLIENT_GONE,
     CLOSE_IDLE,
@@ -36,13 +37,15 @@ from channels.protocol import (
     Read,
     Send,
     Subscribe,
+    SubscribeBatch,
     Unsubscribe,
 )
-from mailer import outbox
-from server.domain import facts
+from server.domain import facts, queries, rules
 from server.domain.auth import SESSION_COOKIE, authenticate_token, bearer_token
-from server.domain.errors import AppError, InvalidInput, RateLimited, Unavailable
+from server.domain.errors import AppError, InvalidInput, NotFound, RateLimited, Unavailable
+from server.domain.eventlog import thread_rule
 from server.domain.facts import Principal
+from server.domain.rules import CandidateAccess
 from server.edge.guard import (
     ADDRESS_HANDSHAKES,
     ADDRESS_SOCKETS,
@@ -193,7 +196,6 @@ async def _deny(ws: WebSocket, error: AppError) -> None:
 
 
 async def _serve(ws: WebSocket, s: Services, conn: Connection, expires_at: int) -> None:
-    who: Principal = conn.context
     realtime = s.realtime
     try:
         await ws.accept()
@@ -201,7 +203,6 @@ async def _serve(ws: WebSocket, s: Services, conn: Connection, expires_at: int) 
         await realtime.hub.unregister(conn)
         raise
     s.metrics.ws_connections.inc()
-    await _came_online(s, who)
     expiry = asyncio.get_running_loop().call_later(
         max(0.0, expires_at - time.time()),
         conn.close,
@@ -237,14 +238,6 @@ async def _refuse_unavailable(ws: WebSocket) -> None:
     # Not the client's fault: a 503 says "try again", where a 403 would say "bad token".
     log.warning("The database is unavailable; a socket handshake is refused with 503.")
     await _deny(ws, Unavailable("A backing service is unavailable; try again shortly."))
-
-
-async def _came_online(s: Services, who: Principal) -> None:
-    """A user who is online sees the blue dots: pending email alerts have nothing to add."""
-    try:
-        await outbox.cancel_for_user(s.db, who.actor.pk)
-    except Exception:  # the worker checks presence again before sending anyway
-        log.warning("Pending alerts could not be cancelled for a user who came online.")
 
 
 async def _open_connections(realtime: Realtime, who: Principal) -> int:
@@ -329,9 +322,13 @@ async def _apply(frame: ClientFrame, conn: Connection, s: Services) -> str:
     if isinstance(frame, Ping):
         return protocol.pong(frame.ref)
     if isinstance(frame, Subscribe):
-        candidate_pk = await _visible_candidate_pk(s, who, frame.candidate)
-        result = await s.realtime.hub.subscribe(conn, candidate_pk, frame.candidate, frame.after)
+        seen = await _seen_candidates(s, who, [frame.candidate])
+        access = rules.require_candidate(who.actor, seen.get(frame.candidate))
+        rule = thread_rule(who.actor, access)
+        result = await s.realtime.hub.subscribe(conn, access.pk, frame.candidate, frame.after, rule)
         return protocol.ack_subscribe(frame.ref, frame.candidate, result.seq, result.reset)
+    if isinstance(frame, SubscribeBatch):
+        return await _subscribe_batch(frame, conn, s)
     if isinstance(frame, Unsubscribe):
         async with s.db.read() as session:
             candidate = await facts.candidate_row(session, who.actor.org_pk, frame.candidate)
@@ -353,10 +350,38 @@ async def _apply(frame: ClientFrame, conn: Connection, s: Services) -> str:
     return protocol.ack_delete(frame.ref, frame.message)
 
 
-async def _visible_candidate_pk(s: Services, who: Principal, candidate_id: str) -> int:
+async def _seen_candidates(
+    s: Services, who: Principal, candidate_ids: list[str]
+) -> dict[str, CandidateAccess]:
     async with s.db.read() as session:
-        candidate, _ = await facts.visible_candidate(session, who.actor, candidate_id)
-    return candidate.pk
+        return await queries.seen_candidates(session, who.actor, candidate_ids)
+
+
+NO_SUCH_CANDIDATE = "No such candidate."  # as the single form's error says it (rules)
+
+
+async def _subscribe_batch(frame: SubscribeBatch, conn: Connection, s: Services) -> str:
+    """Every candidate of the batch at once: their access in one statement, and the hub's
+    reads for all of them together. A candidate the user does not see gets its own error
+    in the ack; the others are followed all the same."""
+    who: Principal = conn.context
+    seen = await _seen_candidates(s, who, [item.candidate for item in frame.candidates])
+    requests = [
+        SubscribeRequest(access.pk, item.candidate, item.after, thread_rule(who.actor, access))
+        for item in frame.candidates
+        if (access := seen.get(item.candidate)) is not None
+    ]
+    followed = await s.realtime.hub.subscribe_many(conn, requests)
+    results = {r.candidate_id: result for r, result in zip(requests, followed, strict=True)}
+    return protocol.ack_subscribe_batch(
+        frame.ref,
+        [
+            protocol.subscribed(item.candidate, result.seq, result.reset)
+            if (result := results.get(item.candidate)) is not None
+            else protocol.not_subscribed(item.candidate, NotFound.code, NO_SUCH_CANDIDATE)
+            for item in frame.candidates
+        ],
+    )
 
 
 routes = [WebSocketRoute("/ws", websocket_endpoint)]

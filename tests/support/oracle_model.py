@@ -24,8 +24,8 @@ together with docs/api.md section 2 where the contract leaves a detail to the do
   author (agency thread: its agency user, the current coordinator, every member who posted
   in it; private: both), who sees the thread (an alert about a thread one cannot read would
   leak it, and it could have no unread message to quote), and has no live connection. The
-  outbox keeps one pending alert per (user, thread); coming online drops the pending ones,
-  erasing the candidate erases them.
+  outbox keeps one pending alert per (user, thread) until it is due (coming online cancels
+  nothing: whoever is online then gets none); erasing the candidate erases them.
 """
 
 from __future__ import annotations
@@ -298,9 +298,6 @@ class Model:
     def read(self, org: str, user: str, t: Thread, m: Msg) -> None:
         key = (org, user, t.id)
         self.markers[key] = max(self.markers.get(key, 0), m.id)
-
-    def came_online(self, org: str, user: str) -> None:
-        self.pending = {p for p in self.pending if p[:2] != (org, user)}
 
     def erase(self, org: str, cand: str) -> None:
         c = self.cands[(org, cand)]

@@ -187,23 +187,22 @@ async def test_looking_up_nothing_answers_nothing_without_a_query(db: Database) 
         assert db.statements == before
 
 
-class FailingAlerts:
-    """An alert scheduler whose write breaks a constraint of its own."""
-
-    async def message_posted(self, session: Any, **fields: Any) -> int:
-        raise IntegrityError("INSERT INTO email_outbox ...", {}, Exception("a constraint"))
+async def failing_write(conn: Any, new: Any) -> None:
+    """A send's write that breaks a constraint other than the client_id's."""
+    raise IntegrityError("INSERT INTO messages ...", {}, Exception("a constraint"))
 
 
 @pytest.mark.parametrize("client_id", [None, "retry-1"])
 async def test_an_integrity_error_that_is_not_a_client_id_race_is_raised(
-    db: Database, client_id: str | None
+    db: Database, client_id: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await provision(db)
     ann = await principal(db, "ann")
     opener = Messaging(db, RecordingSink())
     thread, _ = await opener.open_thread(ann, "c1", OpenThreadRequest(private=False))
     sink = RecordingSink()
-    messaging = Messaging(db, sink, alerts=FailingAlerts())  # type: ignore[arg-type]
+    messaging = Messaging(db, sink)
+    monkeypatch.setattr(actions, "post_message", failing_write)
     with pytest.raises(IntegrityError, match="a constraint"):
         await messaging.send(ann, int(str(thread["id"])), "hello", client_id)
     async with db.read() as session:

@@ -17,7 +17,15 @@ from channels.backends.memory import MemoryBroker, MemoryPresence
 from channels.connection import Connection
 from channels.hub import Hub, LoggedEvent
 from channels.unread import ThreadSnapshot
-from tests.support.hub import ORG, USER_PK, FakeSource, connect, running_hub, sent
+from tests.support.hub import (
+    ORG,
+    USER_PK,
+    FakeSource,
+    connect,
+    member_rule,
+    running_hub,
+    sent,
+)
 
 PEER_PK, OUTSIDER_PK = 11, 12
 CAND, OTHER_CAND, THREAD = 5, 6, 7
@@ -66,7 +74,7 @@ async def test_a_replay_longer_than_a_batch_sends_every_visible_event_in_order(
         source.append(CAND, seq, {PEER_PK} if seq in hidden else {USER_PK, PEER_PK})
     conn = connect()
     await hub.register(conn)
-    result = await hub.subscribe(conn, CAND, "c5", after=0)
+    result = await hub.subscribe(conn, CAND, "c5", 0, member_rule(USER_PK))
     assert (result.seq, result.reset, result.replayed) == (8, False, 6)
     assert source.cursors == [0, 3, 6]  # batch after batch, from where the last one ended
     assert [f["seq"] for f in sent(conn)] == [1, 2, 3, 5, 6, 8]
@@ -86,14 +94,14 @@ async def test_a_replay_that_fails_midway_leaves_no_subscription_behind(
     conn = connect()
     await hub.register(conn)
     with pytest.raises(OSError, match="database unreachable"):
-        await hub.subscribe(conn, CAND, "c5", after=0)
+        await hub.subscribe(conn, CAND, "c5", 0, member_rule(USER_PK))
     assert conn.subscriptions == {}
     assert CAND not in hub.channels and not subscribed_on_broker(hub, CAND)
     # The client retries once the database is back, from the seq it last received.
     source.fail_after_batches = None
     last = sent(conn)[-1]["seq"]
     assert last == 3
-    result = await hub.subscribe(conn, CAND, "c5", after=3)
+    result = await hub.subscribe(conn, CAND, "c5", 3, member_rule(USER_PK))
     assert (result.seq, result.replayed) == (7, 4)
     assert [f["seq"] for f in sent(conn)] == [1, 2, 3, 4, 5, 6, 7]
     assert subscribed_on_broker(hub, CAND)
@@ -107,12 +115,12 @@ async def test_a_failed_replay_keeps_the_channel_of_the_other_subscribers(
         source.append(CAND, seq, {USER_PK, PEER_PK})
     peer = connect(PEER_PK)
     await hub.register(peer)
-    await hub.subscribe(peer, CAND, "c5", after=None)  # live, no replay
+    await hub.subscribe(peer, CAND, "c5", None, member_rule(PEER_PK))  # live, no replay
     source.fail_after_batches = 0
     conn = connect()
     await hub.register(conn)
     with pytest.raises(OSError):
-        await hub.subscribe(conn, CAND, "c5", after=0)
+        await hub.subscribe(conn, CAND, "c5", 0, member_rule(USER_PK))
     assert conn.subscriptions == {} and CAND in hub.channels
     assert [s.connection for s in hub.channels[CAND].subscribers] == [peer]
     await publish_event(hub, CAND, source.append(CAND, 3, {USER_PK, PEER_PK}))
@@ -127,7 +135,7 @@ async def test_a_replay_given_up_on_while_the_client_reads_slowly_leaves_nothing
         source.append(CAND, seq, {USER_PK})
     conn = connect(send_queue_frames=1)  # the replay waits for room after one frame
     await hub.register(conn)
-    subscribing = asyncio.create_task(hub.subscribe(conn, CAND, "c5", after=0))
+    subscribing = asyncio.create_task(hub.subscribe(conn, CAND, "c5", 0, member_rule(USER_PK)))
     await eventually(lambda: conn.queued == 1 and CAND in conn.subscriptions)
     subscribing.cancel()  # the socket closed (or the op timed out) mid-replay
     with pytest.raises(asyncio.CancelledError):
@@ -146,7 +154,7 @@ async def test_events_and_revocations_for_candidates_not_followed_here_are_dropp
     hub, source = hub_and_source
     conn = connect()
     await hub.register(conn)
-    await hub.subscribe(conn, CAND, "c5", after=None)
+    await hub.subscribe(conn, CAND, "c5", None, member_rule(USER_PK))
     # Another process's candidate (this one's broker may still deliver it just after an
     # unsubscribe), and garbage on the wire: nothing is opened, sent or read.
     await publish_event(hub, OTHER_CAND, source.append(OTHER_CAND, 1, {USER_PK}))
@@ -164,7 +172,7 @@ async def test_a_duplicate_event_is_dispatched_once(hub_and_source: tuple[Hub, F
     hub, source = hub_and_source
     conn = connect()
     await hub.register(conn)
-    await hub.subscribe(conn, CAND, "c5", after=None)
+    await hub.subscribe(conn, CAND, "c5", None, member_rule(USER_PK))
     event = source.append(CAND, 1, {USER_PK})
     await publish_event(hub, CAND, event)
     await publish_event(hub, CAND, event)  # the same publish, delivered again
@@ -178,7 +186,7 @@ async def test_an_event_ahead_of_a_gap_waits_for_the_gap_to_be_filled_from_the_l
     hub, source = hub_and_source
     conn = connect()
     await hub.register(conn)
-    await hub.subscribe(conn, CAND, "c5", after=None)
+    await hub.subscribe(conn, CAND, "c5", None, member_rule(USER_PK))
     source.append(CAND, 1, {USER_PK})  # its publish is lost (or still on its way)
     await publish_event(hub, CAND, source.append(CAND, 2, {USER_PK}))
     assert sent(conn) == []  # held: seq 1 comes first
@@ -195,7 +203,7 @@ async def test_closing_cancels_a_catch_up_in_flight() -> None:
     await hub.start()
     conn = connect()
     await hub.register(conn)
-    await hub.subscribe(conn, CAND, "c5", after=None)
+    await hub.subscribe(conn, CAND, "c5", None, member_rule(USER_PK))
     source.stalling = True  # the event log stops answering
     await hub.on_broker_reconnect()  # every channel is caught up from the log
     filling = hub.channels[CAND].filling

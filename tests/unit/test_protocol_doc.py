@@ -1,13 +1,21 @@
 """docs/protocol.md against `channels.protocol`: every op with its fields, every server
 frame type and every close code the module defines is documented, and the document names
-none that the module lacks."""
+none that the module lacks.
+
+In the table of ops, a row names a frame as `CLIENT_FRAMES` does (an op, or `subscribe`
+(batch)), and a field holding a list of objects is followed by their fields in parentheses.
+"""
 
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
+from typing import Any
 
 import orjson
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from channels import protocol
 from server.domain import errors
@@ -27,32 +35,68 @@ def _table_rows(first_header: str) -> list[list[str]]:
     return rows
 
 
-def _documented_fields(cell: str) -> dict[str, bool]:
-    """`candidate`, `after`? → {"candidate": True, "after": False} (True: required)."""
-    return {name: mark != "?" for name, mark in re.findall(r"`(\w+)`(\??)", cell)}
+def _frame_name(cell: str) -> str:
+    """`subscribe` (batch) → "subscribe (batch)"."""
+    return cell.replace("`", "")
+
+
+def _outside_parentheses(cell: str) -> str:
+    return re.sub(r"\([^)]*\)", "", cell)
+
+
+def _inside_parentheses(cell: str) -> dict[str, str]:
+    """`candidates` (each: `candidate`, `after`?) → {"candidates": "each: `candidate`, ..."}."""
+    return dict(re.findall(r"`(\w+)`\s*\(([^)]*)\)", cell))
+
+
+def _documented_fields(cell: str) -> dict[str, Any]:
+    """`candidate`, `after`? → {"candidate": True, "after": False} (True: required); a list
+    of objects → the fields of its objects, as a dict."""
+    fields: dict[str, Any] = {
+        name: mark != "?" for name, mark in re.findall(r"`(\w+)`(\??)", _outside_parentheses(cell))
+    }
+    for name, inner in _inside_parentheses(cell).items():
+        fields[name] = _documented_fields(inner)
+    return fields
+
+
+def _item_model(info: FieldInfo) -> type[BaseModel] | None:
+    """The model of a field holding a list of objects."""
+    for arg in typing.get_args(info.annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _defined_fields(model: type[BaseModel]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        if name not in ("op", "ref"):
+            item = _item_model(info)
+            fields[name] = info.is_required() if item is None else _defined_fields(item)
+    return fields
 
 
 def test_every_op_is_documented_with_its_fields() -> None:
-    documented = {row[0].strip("`"): _documented_fields(row[1]) for row in _table_rows("op")}
-    defined = {}
-    for frame in protocol.CLIENT_FRAMES:
-        fields = {
-            name: info.is_required()
-            for name, info in frame.model_fields.items()
-            if name not in ("op", "ref")
-        }
-        defined[frame.model_fields["op"].annotation.__args__[0]] = fields  # type: ignore[union-attr]
+    documented = {_frame_name(row[0]): _documented_fields(row[1]) for row in _table_rows("op")}
+    defined = {name: _defined_fields(frame) for name, frame in protocol.CLIENT_FRAMES.items()}
     assert documented == defined
+    for name, frame in protocol.CLIENT_FRAMES.items():
+        op = name.split()[0]
+        assert frame.model_fields["op"].annotation == typing.Literal[op], name
 
 
 def test_every_ack_carries_what_the_document_says() -> None:
+    rows = {_frame_name(row[0]): row[2] for row in _table_rows("op")}
+    rows.pop("ping")  # answered by a pong, not an ack
     documented = {
-        row[0].strip("`"): tuple(re.findall(r"`(\w+)`", row[2])) for row in _table_rows("op")
+        name: tuple(re.findall(r"`(\w+)`", _outside_parentheses(cell)))
+        for name, cell in rows.items()
     }
-    documented.pop("ping")  # answered by a pong, not an ack
     assert documented == protocol.ACK_FIELDS
     built = {
         "subscribe": protocol.ack_subscribe(1, "c1", 7, False),
+        protocol.SUBSCRIBE_BATCH: protocol.ack_subscribe_batch(1, []),
         "unsubscribe": protocol.ack_unsubscribe(1, "c1"),
         "send": protocol.ack_send(1, {"id": 1}),
         "read": protocol.ack_read(1, 0),
@@ -61,6 +105,19 @@ def test_every_ack_carries_what_the_document_says() -> None:
     for op, frame in built.items():
         fields = set(orjson.loads(frame)) - {"type", "ref"}
         assert fields == set(protocol.ACK_FIELDS[op]), op
+
+
+def test_a_batch_ack_carries_per_candidate_what_the_document_says() -> None:
+    (row,) = [r for r in _table_rows("op") if _frame_name(r[0]) == protocol.SUBSCRIBE_BATCH]
+    cell = _inside_parentheses(row[2])["candidates"]
+    documented = set(re.findall(r"`(\w+)`", cell))
+    results = [
+        protocol.subscribed("c1", 7, False),
+        protocol.not_subscribed("c2", "not_found", "No such candidate."),
+    ]
+    ack = orjson.loads(protocol.ack_subscribe_batch(1, results))
+    assert documented == {key for result in ack["candidates"] for key in result}
+    assert ack["candidates"][1]["error"] == {"code": "not_found", "message": "No such candidate."}
 
 
 def test_every_server_frame_type_is_documented_and_no_other() -> None:

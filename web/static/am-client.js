@@ -2,7 +2,8 @@
 //
 // - signs in with the session cookie (same origin), so no token is ever in page script;
 // - reconnects with exponential backoff and jitter;
-// - resumes each subscribed candidate from the last seq it saw, and drops duplicates;
+// - resumes every subscribed candidate from the last seq it saw, with batch subscribes (one
+//   frame per 100 candidates), and drops duplicates;
 // - reports `reset` so that views reload over REST when the log no longer reaches back;
 // - queues sends made while offline, each with a client_id, so a retry never doubles one.
 
@@ -10,6 +11,7 @@ const PING_EVERY_MS = 25_000;
 const ANSWER_TIMEOUT_MS = 15_000;
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 15_000;
+const MAX_BATCH = 100; // candidates in one batch `subscribe` (docs/protocol.md)
 
 export class ApiError extends Error {
   constructor(status, code, message) {
@@ -73,12 +75,12 @@ export class MessagingClient extends EventTarget {
     this.connected = true;
     this.backoff = BACKOFF_MIN_MS;
     this.pingTimer = setInterval(() => this.request({ op: "ping" }).catch(() => {}), PING_EVERY_MS);
-    const resumed = [...this.subscriptions.keys()].map((candidate) => this.resubscribe(candidate));
+    const resumed = this.resume([...this.subscriptions.keys()]);
     const waiting = this.outbox.splice(0);
     for (const item of waiting) this.request(item.frame).then(item.resolve, item.reject);
     // `connected` means resumed too: a view that reloads over REST on it then reads a state
     // that every later event moves on from, with none missed in between.
-    await Promise.all(resumed);
+    await resumed;
     if (socket === this.socket && this.connected) this.emit("connected", {});
   }
 
@@ -164,24 +166,63 @@ export class MessagingClient extends EventTarget {
     else await new Promise((resolve) => this.addEventListener("connected", resolve, { once: true }));
   }
 
+  // One candidate, with the single form of `subscribe` (a candidate followed anew).
   async resubscribe(candidate) {
-    const after = this.subscriptions.get(candidate);
-    const frame = { op: "subscribe", candidate };
-    if (after !== null && after !== undefined) frame.after = after;
     try {
-      const ack = await this.request(frame);
-      const last = this.subscriptions.get(candidate);
-      if (ack.reset) this.emit("reset", { candidate });
-      if (last === null || last === undefined || ack.reset || ack.seq > last) {
-        // Replayed events (if any) already moved the seq on; never move it back.
-        this.subscriptions.set(candidate, Math.max(ack.seq, last ?? 0));
-      }
+      this.subscribed(candidate, await this.request({ op: "subscribe", ...this.resumePoint(candidate) }));
     } catch (error) {
-      if (error.code === "not_found") {
-        this.subscriptions.delete(candidate);
-        this.emit("unsubscribed", { candidate, reason: "access" });
-      }
+      this.notSubscribed(candidate, error.code);
     }
+  }
+
+  // Every candidate of a (re)opened socket, with batch `subscribe` frames of up to 100:
+  // one ack for each, with a result per candidate.
+  resume(candidates) {
+    const batches = [];
+    for (let i = 0; i < candidates.length; i += MAX_BATCH) batches.push(candidates.slice(i, i + MAX_BATCH));
+    return Promise.all(batches.map((batch) => this.resubscribeAll(batch)));
+  }
+
+  async resubscribeAll(candidates) {
+    let ack;
+    try {
+      ack = await this.request({ op: "subscribe", candidates: candidates.map((c) => this.resumePoint(c)) });
+    } catch (error) {
+      // `invalid` refuses the whole list, for one malformed candidate id (or from a server
+      // older than the batch form): each candidate on its own then fails alone, if at all.
+      if (error.code === "invalid") await Promise.all(candidates.map((c) => this.resubscribe(c)));
+      else for (const candidate of candidates) this.notSubscribed(candidate, error.code);
+      return;
+    }
+    for (const result of ack.candidates ?? []) {
+      if (result.error) this.notSubscribed(result.candidate, result.error.code);
+      else this.subscribed(result.candidate, result);
+    }
+  }
+
+  // What a subscribe asks for a candidate: to follow it from the last seq seen, if any.
+  resumePoint(candidate) {
+    const after = this.subscriptions.get(candidate);
+    return after === null || after === undefined ? { candidate } : { candidate, after };
+  }
+
+  // A candidate's subscribe answered, by its ack or its result in a batch ack: {seq, reset}.
+  subscribed(candidate, { seq, reset }) {
+    if (!this.subscriptions.has(candidate)) return; // unsubscribed meanwhile: stays so
+    const last = this.subscriptions.get(candidate);
+    if (reset) this.emit("reset", { candidate });
+    if (last === null || reset || seq > last) {
+      // Replayed events (if any) already moved the seq on; never move it back, except on a
+      // reset: the log starts again (a candidate erased and created anew), from the ack's seq.
+      this.subscriptions.set(candidate, reset ? seq : Math.max(seq, last ?? 0));
+    }
+  }
+
+  // A candidate's subscribe refused, by an error frame or its error in a batch ack.
+  notSubscribed(candidate, code) {
+    if (code !== "not_found") return; // (unavailable, a timeout...: kept for the next connect)
+    this.subscriptions.delete(candidate);
+    this.emit("unsubscribed", { candidate, reason: "access" });
   }
 
   unsubscribe(candidate) {
