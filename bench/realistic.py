@@ -10,8 +10,11 @@ agency thread. Peers get the same sockets, rooms and rate.
 For Agency Messaging, an observer process also holds a second tab of a sample of the viewers
 (every agency user of OBSERVE_AGENCY_EVERY, subscribed to all its candidates, and the first
 member of one candidate in OBSERVE_MEMBER_EVERY) for the whole run, and records when each
-`unread` frame and each `message.created` frame arrives: the most unread frames a tab got
-within any 50 ms, and unread frames per message delivered.
+unread frame (`unread`, `unread.summary` or `unread.batch`) and each `message.created`
+frame arrives: the most unread frames a tab got within any 50 ms, and unread frames per
+message delivered. The tabs offer protocol 2, as the browser client does (one
+`unread.batch` frame per batch); one in OBSERVE_PROTOCOL_1_EVERY does not, and is reported
+apart (`protocol_1`), to compare with protocol 1's frame per thread.
 
     python bench/realistic.py --observe   (the observer; started by the scenario)
 """
@@ -46,11 +49,14 @@ from bench import peers  # noqa: E402
 from bench.common import PYTHON, AmCluster, log, provision, start_am, stop  # noqa: E402
 from bench.drive import Load, best, drive  # noqa: E402
 from bench.fanout import display_name as _display_name  # noqa: E402
+from channels.protocol import SUBPROTOCOL_V2  # noqa: E402
 
 MEMBERS_PER_CANDIDATE = 3
 CANDIDATES_PER_AGENCY_USER = 5
 OBSERVE_AGENCY_EVERY = 4
 OBSERVE_MEMBER_EVERY = 10
+OBSERVE_PROTOCOL_1_EVERY = 4  # observed tabs that stay on protocol 1, for comparison
+UNREAD_FRAMES = frozenset({"unread", "unread.summary", "unread.batch"})
 UNREAD_WINDOW_SECONDS = 0.05
 SELF = str(Path(__file__).resolve())
 
@@ -127,25 +133,52 @@ def most_within(times: list[float], window: float) -> int:
     return most
 
 
+def unread_figures(tabs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the observed tabs got: the most unread frames within 50 ms (and a second) on
+    one tab, and unread frames per message delivered."""
+    windows = [most_within(r["unread"], UNREAD_WINDOW_SECONDS) for r in tabs]
+    unread = sum(len(r["unread"]) for r in tabs)
+    messages = sum(r["messages"] for r in tabs)
+    return {
+        "tabs": len(tabs),
+        "unread_frames": unread,
+        "messages": messages,
+        "unread_frames_per_message": round(unread / messages, 3) if messages else None,
+        "most_unread_frames_in_50ms": max(windows, default=0),
+        "tabs_over_one_in_50ms": sum(1 for w in windows if w > 1),
+        "most_unread_frames_in_1s": max((most_within(r["unread"], 1.0) for r in tabs), default=0),
+    }
+
+
 async def observer_main() -> None:
-    """stdin: one JSON line {"urls": [...], "tabs": [[token, [candidate, ...]], ...]}; prints
-    {"ready": n} once every tab is subscribed, then at EOF on stdin one JSON report."""
+    """stdin: one JSON line {"urls": [...], "tabs": [[token, [candidate, ...], protocol_2],
+    ...]}; prints {"ready": n} once every tab is subscribed, then at EOF on stdin one JSON
+    report: the figures of the tabs that offered protocol 2 (counting whatever unread frames
+    they got, so a server that does not speak it is measured all the same), with those of
+    the protocol 1 tabs under `protocol_1`."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     loop = asyncio.get_running_loop()
     config = json.loads(await loop.run_in_executor(None, sys.stdin.readline))
     tabs: list[dict[str, Any]] = []
 
-    async def tab(index: int, token: str, candidates: list[str]) -> None:
+    async def tab(index: int, token: str, candidates: list[str], protocol_2: bool) -> None:
         ws = await websockets.connect(
             config["urls"][index % len(config["urls"])],
             additional_headers={"Authorization": f"Bearer {token}"},
+            subprotocols=[websockets.Subprotocol(SUBPROTOCOL_V2)] if protocol_2 else None,
             compression=None,
             open_timeout=60,
             ping_interval=None,
             max_size=None,
         )
-        record: dict[str, Any] = {"ws": ws, "unread": [], "messages": 0, "other": 0}
+        record: dict[str, Any] = {
+            "ws": ws,
+            "protocol_2": protocol_2,
+            "unread": [],
+            "messages": 0,
+            "other": 0,
+        }
         for candidate in candidates:
             await ws.send(orjson.dumps({"op": "subscribe", "candidate": candidate}).decode())
         acks = 0
@@ -159,7 +192,7 @@ async def observer_main() -> None:
         with contextlib.suppress(websockets.ConnectionClosed):
             async for raw in record["ws"]:
                 kind = orjson.loads(raw).get("type")
-                if kind == "unread":
+                if kind in UNREAD_FRAMES:
                     unread.append(now())
                 elif kind == "message.created":
                     record["messages"] += 1
@@ -173,7 +206,7 @@ async def observer_main() -> None:
                 with contextlib.suppress(websockets.ConnectionClosed):
                     await record["ws"].send('{"op": "ping"}')
 
-    await asyncio.gather(*(tab(i, t, c) for i, (t, c) in enumerate(config["tabs"])))
+    await asyncio.gather(*(tab(i, *spec) for i, spec in enumerate(config["tabs"])))
     readers = [asyncio.create_task(read(record)) for record in tabs]
     pinger = asyncio.create_task(keepalive())
     print(json.dumps({"ready": len(tabs)}), flush=True)
@@ -181,45 +214,40 @@ async def observer_main() -> None:
     pinger.cancel()
     for task in readers:
         task.cancel()
-    windows = [most_within(r["unread"], UNREAD_WINDOW_SECONDS) for r in tabs]
-    unread = sum(len(r["unread"]) for r in tabs)
-    messages = sum(r["messages"] for r in tabs)
-    print(
-        json.dumps(
-            {
-                "tabs": len(tabs),
-                "unread_frames": unread,
-                "messages": messages,
-                "unread_frames_per_message": round(unread / messages, 3) if messages else None,
-                "most_unread_frames_in_50ms": max(windows, default=0),
-                "tabs_over_one_in_50ms": sum(1 for w in windows if w > 1),
-                "most_unread_frames_in_1s": max(
-                    (most_within(r["unread"], 1.0) for r in tabs), default=0
-                ),
-            }
-        ),
-        flush=True,
+    offered = [r for r in tabs if r["protocol_2"]]
+    report = unread_figures(offered)
+    report["protocol_2_negotiated"] = sum(
+        1 for r in offered if r["ws"].subprotocol == SUBPROTOCOL_V2
     )
+    report["protocol_1"] = unread_figures([r for r in tabs if not r["protocol_2"]])
+    print(json.dumps(report), flush=True)
     await asyncio.gather(*(r["ws"].close() for r in tabs), return_exceptions=True)
 
 
-def observed_tabs(cluster: AmCluster, world: dict[str, Any]) -> list[tuple[str, list[str]]]:
-    """(token, candidates) of the sample: agency users with all their candidates, and one
-    member of some candidates."""
+def observed_tabs(cluster: AmCluster, world: dict[str, Any]) -> list[tuple[str, list[str], bool]]:
+    """(token, candidates, offers protocol 2) of the sample: agency users with all their
+    candidates, and one member of some candidates; one tab in OBSERVE_PROTOCOL_1_EVERY of
+    each kind stays on protocol 1."""
     agency: dict[str, list[str]] = {}
-    tabs: list[tuple[str, list[str]]] = []
+    members: list[tuple[str, list[str]]] = []
     for index, (candidate, viewers) in enumerate(world["viewers"].items()):
         agency.setdefault(viewers[-1], []).append(candidate)
         if index % OBSERVE_MEMBER_EVERY == 0:
-            tabs.append((cluster.token("bench", viewers[0]), [candidate]))
-    for index, (user, candidates) in enumerate(agency.items()):
-        if index % OBSERVE_AGENCY_EVERY == 0:
-            tabs.append((cluster.token("bench", user), candidates))
-    return tabs
+            members.append((cluster.token("bench", viewers[0]), [candidate]))
+    agents = [
+        (cluster.token("bench", user), candidates)
+        for index, (user, candidates) in enumerate(agency.items())
+        if index % OBSERVE_AGENCY_EVERY == 0
+    ]
+    return [
+        (token, candidates, index % OBSERVE_PROTOCOL_1_EVERY != OBSERVE_PROTOCOL_1_EVERY - 1)
+        for kind in (members, agents)
+        for index, (token, candidates) in enumerate(kind)
+    ]
 
 
 class Observer:
-    def __init__(self, urls: list[str], tabs: list[tuple[str, list[str]]]) -> None:
+    def __init__(self, urls: list[str], tabs: list[tuple[str, list[str], bool]]) -> None:
         self.process = subprocess.Popen(
             [PYTHON, SELF, "--observe"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
@@ -296,8 +324,11 @@ def run_system(name: str, opts: argparse.Namespace) -> dict[str, Any]:
             finally:
                 observer.kill()
             log(
-                f"{label}: unread frames: at most {unread['most_unread_frames_in_50ms']} in 50 ms "
-                f"on one tab, {unread['unread_frames_per_message']} per message delivered"
+                f"{label}: unread frames (protocol 2): at most "
+                f"{unread['most_unread_frames_in_50ms']} in 50 ms on one tab, "
+                f"{unread['unread_frames_per_message']} per message delivered; protocol 1: "
+                f"{unread['protocol_1']['most_unread_frames_in_50ms']} and "
+                f"{unread['protocol_1']['unread_frames_per_message']}"
             )
             return {"steps": steps, "unread": unread}
         finally:
@@ -351,6 +382,20 @@ def display_name(name: str) -> str:
     return "Agency Messaging (PostgreSQL, Redis)" if name == "am" else _display_name(name)
 
 
+def unread_note(unread: dict[str, Any], protocol: str) -> str:
+    negotiated = unread.get("protocol_2_negotiated")
+    # Tabs that offered protocol 2 to a server that did not take it got protocol 1's frames.
+    taken = "" if negotiated is None else f", {negotiated} of them answered in it"
+    return (
+        f"With {protocol} ({unread['tabs']} tabs{taken}): at most "
+        f"{unread['most_unread_frames_in_50ms']} within 50 ms on one tab "
+        f"({unread['tabs_over_one_in_50ms']} tabs got more than one), at most "
+        f"{unread['most_unread_frames_in_1s']} within a second; "
+        f"{unread['unread_frames']:,} unread frames for {unread['messages']:,} messages "
+        f"delivered ({unread['unread_frames_per_message']} per message)."
+    )
+
+
 def markdown(systems: dict[str, Any], opts: argparse.Namespace) -> str:
     rows = [
         "| system | p50 ms at 200 msg/s | p99 ms at 200 msg/s | lost | highest rate with p99 "
@@ -377,15 +422,13 @@ def markdown(systems: dict[str, Any], opts: argparse.Namespace) -> str:
     note = ""
     if unread:
         note = (
-            f"\nUnread frames (Agency Messaging, {unread['tabs']} observer tabs: one agency user "
-            f"in {OBSERVE_AGENCY_EVERY} with all its candidates, one member of one candidate in "
-            f"{OBSERVE_MEMBER_EVERY}; the whole run): at most "
-            f"{unread['most_unread_frames_in_50ms']} within 50 ms on one tab "
-            f"({unread['tabs_over_one_in_50ms']} tabs got more than one), at most "
-            f"{unread['most_unread_frames_in_1s']} within a second; "
-            f"{unread['unread_frames']:,} unread frames for {unread['messages']:,} messages "
-            f"delivered ({unread['unread_frames_per_message']} per message).\n"
+            f"\nUnread frames (Agency Messaging, observer tabs: one agency user in "
+            f"{OBSERVE_AGENCY_EVERY} with all its candidates, one member of one candidate in "
+            f"{OBSERVE_MEMBER_EVERY}; the whole run). {unread_note(unread, 'protocol 2')}"
         )
+        if unread.get("protocol_1"):
+            note += f" {unread_note(unread['protocol_1'], 'protocol 1')}"
+        note += "\n"
     return (
         f"## 2. Realistic: {opts.realistic_receivers} sockets over "
         f"{opts.realistic_candidates} candidates, two processes behind Redis\n\n"

@@ -94,6 +94,7 @@ async def measure(n: int, url: str | None) -> None:
             return lambda *args, **kwargs: counts.__setitem__(what, counts[what] + 1)
 
         event.listen(engine.sync_engine, "before_cursor_execute", count("statements"))
+
         def transaction_ended(conn: Any) -> None:
             # A connection in autocommit (reads, and a send's one statement on PostgreSQL)
             # sends no BEGIN and no COMMIT: its statements are all its round trips.

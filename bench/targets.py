@@ -163,6 +163,15 @@ def _unread(key: str, detail: Callable[[dict[str, Any]], str]) -> Extract:
     return extract
 
 
+def _observed_tabs(unread: dict[str, Any]) -> str:
+    """The tabs measured (they offer protocol 2), and protocol 1's figure beside them."""
+    detail = f"{unread['tabs']} observed tabs"
+    protocol_1 = unread.get("protocol_1")
+    if protocol_1 and protocol_1.get("tabs"):
+        detail += f"; protocol 1: {protocol_1['most_unread_frames_in_50ms']}"
+    return detail
+
+
 def _realistic_p99(results: dict[str, Any]) -> Figure | None:
     realistic = _scenario(results, "realistic")
     step = next((s for s in realistic["systems"]["am"]["steps"] if s["rate"] == 200.0), None)
@@ -296,15 +305,15 @@ TARGETS: list[Target] = [
     ),
     Target(
         "5a",
-        "Unread: most unread frames one tab got within 50 ms (realistic load)",
+        "Unread: most unread frames one tab got within 50 ms (realistic load, protocol 2)",
         1,
         "frames",
         "<=",
-        _unread("most_unread_frames_in_50ms", lambda u: f"{u['tabs']} observed tabs"),
+        _unread("most_unread_frames_in_50ms", _observed_tabs),
     ),
     Target(
         "5b",
-        "Unread: unread frames per message delivered (realistic load)",
+        "Unread: unread frames per message delivered (realistic load, protocol 2)",
         1,
         "frames",
         "<=",

@@ -46,7 +46,8 @@ PRESENCE_RENEW_SECONDS = 20.0
 # UNREAD_COALESCE_SECONDS, and under a stream of messages batches go out at most every
 # UNREAD_INTERVAL_SECONDS. Each frame carries the counts as they are then, so a batch loses
 # nothing; a busy candidate costs each viewer one frame a second instead of one per
-# message, while the messages themselves still arrive at once.
+# message, while the messages themselves still arrive at once. A protocol 2 socket gets one
+# frame per batch, however many threads moved.
 UNREAD_COALESCE_SECONDS = 0.05
 UNREAD_INTERVAL_SECONDS = 1.0
 REPLAY_BATCH = 500
@@ -244,6 +245,9 @@ class Hub:
         self.source = source
         self.channels: dict[int, CandidateChannel] = {}
         self.users: dict[UserKey, set[Connection]] = defaultdict(set)
+        # The pks of each org's users with a socket here (the keys of `users`, by org): an
+        # unread event is matched against them, not walked over its whole audience.
+        self._local_users: dict[int, set[int]] = {}
         self._lifecycle = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -285,6 +289,7 @@ class Hub:
         Raises what reading the counts raised (the database is down): nothing is kept."""
         key = connection.user_key
         self.users[key].add(connection)
+        self._local_users.setdefault(connection.org_pk, set()).add(connection.user_pk)
         try:
             await self._first_unread(key, connection)
         except BaseException:
@@ -308,10 +313,18 @@ class Hub:
             peers.discard(connection)
             if not peers:
                 del self.users[connection.user_key]
+                self._forget_local_user(connection)
                 if connection.user_key not in self._first_reads:
                     # (A first read in flight forgets the counts itself if nobody is
                     # left when it ends: a retry of the same user may still join it.)
                     self.unread.forget(connection.user_key)
+
+    def _forget_local_user(self, connection: Connection) -> None:
+        org_users = self._local_users.get(connection.org_pk)
+        if org_users is not None:
+            org_users.discard(connection.user_pk)
+            if not org_users:
+                del self._local_users[connection.org_pk]
 
     async def _first_unread(self, key: UserKey, connection: Connection) -> None:
         """Reads a user's counts once per process; concurrent connects share the read."""
@@ -645,9 +658,14 @@ class Hub:
     # --- unread ---------------------------------------------------------------------
 
     def _on_unread(self, message: envelope.UnreadEnvelope) -> None:
-        local = [key for pk in message.user_pks if (key := (message.org_pk, pk)) in self.users]
+        """Costs what the envelope's users with a socket here cost, not its audience: the
+        org's local users are intersected with the audience in C, over the smaller set."""
+        org_users = self._local_users.get(message.org_pk)
+        if not org_users:
+            return  # nobody of the org is connected here
+        local = org_users & message.user_pks
         if local:
-            self.unread.on_envelope(message, local)
+            self.unread.on_envelope(message, [(message.org_pk, pk) for pk in local])
             self._unread_wakeup.set()
 
     async def _unread_loop(self) -> None:
@@ -658,16 +676,25 @@ class Hub:
             next_batch = last_batch + UNREAD_INTERVAL_SECONDS - loop.time()
             await asyncio.sleep(max(UNREAD_COALESCE_SECONDS, next_batch))
             self._unread_wakeup.clear()
+            await self.send_unread_batch()
+            # Measured from the batch's sends, not its start: reading many users' counts
+            # may take long, and a socket must still get the next batch an interval after
+            # this one, never within a few milliseconds of it.
             last_batch = loop.time()
-            for user_key in list(self.unread.stale):
-                if user_key in self._first_reads:
-                    continue  # stays stale: read again once the first read is in
-                await self._load_unread(user_key)
-                await asyncio.sleep(0)  # many users at once must not starve the fan-out
-            for user_key, frames in self.unread.take_frames().items():
-                for connection in list(self.users.get(user_key, ())):
-                    for frame in frames:
-                        connection.send(frame)
+
+    async def send_unread_batch(self) -> None:
+        """One batch: reads again the counts of users whose counts went stale, then tells each
+        user with changes what moved, in frames built once and queued on each of its sockets
+        (a protocol 2 socket gets one `unread.batch` frame)."""
+        for user_key in list(self.unread.stale):
+            if user_key in self._first_reads:
+                continue  # stays stale: read again once the first read is in
+            await self._load_unread(user_key)
+            await asyncio.sleep(0)  # many users at once must not starve the fan-out
+        for user_key, change in self.unread.take_changes().items():
+            for connection in list(self.users.get(user_key, ())):
+                for frame in change.frames(connection.unread_batches):
+                    connection.send(frame)
 
     async def _load_unread(self, user_key: UserKey) -> None:
         connections = self.users.get(user_key)

@@ -10,6 +10,7 @@ each encoded once however many sockets receive it.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any, Final, Literal
 
 import orjson
@@ -32,6 +33,10 @@ MAX_ID: Final = 2**63 - 1  # ids and seqs are stored as signed 64-bit integers
 MAX_BODY_CHARS: Final = 5000
 MAX_REF_CHARS: Final = 128
 MAX_FRAME_BYTES: Final = 64 * 1024  # a larger frame closes the socket (1009)
+# The WebSocket subprotocol a client offers (Sec-WebSocket-Protocol) to get protocol 2:
+# the same frames, but the unread counts that changed in a window in one `unread.batch`
+# frame instead of one `unread` frame per thread. Without it, protocol 1 as ever.
+SUBPROTOCOL_V2: Final = "agency-messaging.v2"
 # Candidates in one batch `subscribe`: a tab's worth, with a few KiB of frame at most.
 MAX_BATCH_CANDIDATES: Final = 100
 HOST_ID: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # the host ATS's ids of orgs, users...
@@ -213,6 +218,7 @@ SERVER_FRAME_TYPES: Final = (
     "unsubscribed",
     "unread",
     "unread.summary",
+    "unread.batch",  # protocol 2 only
 )
 
 
@@ -368,6 +374,29 @@ def unread_summary(candidates: list[tuple[str, int]], total: int) -> str:
             "type": "unread.summary",
             "candidates": [{"candidate": c, "unread": n} for c, n in candidates],
             "total_unread": total,
+        }
+    )
+
+
+def unread_batch(
+    threads: Sequence[tuple[str, int, int, int]],
+    total: int,
+    summary: Sequence[tuple[str, int]] | None,
+) -> str:
+    """Protocol 2: every change of one batch in one frame. `threads`: (candidate, thread,
+    unread, candidate_unread) of each thread whose count moved; `summary`: after the counts
+    could have drifted, every candidate with unread messages (None otherwise)."""
+    return _dumps(
+        {
+            "type": "unread.batch",
+            "threads": [
+                {"candidate": c, "thread": t, "unread": n, "candidate_unread": cn}
+                for c, t, n, cn in threads
+            ],
+            "total_unread": total,
+            "summary": None
+            if summary is None
+            else [{"candidate": c, "unread": n} for c, n in summary],
         }
     )
 

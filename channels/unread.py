@@ -15,8 +15,12 @@ later ones are counted once each. Events that arrive while a snapshot is being r
 held and applied to the new snapshot.
 
 Every read after the first is compared with the counts it replaces: each thread whose count
-moved, or that the user no longer sees (sent as 0), gets a frame. So an access change, a
+moved, or that the user no longer sees (sent as 0), is reported. So an access change, a
 delete or a lost broker link tells the client exactly what changed.
+
+What a batch reports to one user is one `UnreadChange`: encoded once per protocol (an
+`unread` frame per thread for protocol 1, one `unread.batch` frame for protocol 2), and the
+same strings are queued on each of the user's sockets.
 
 This module does no I/O: the hub reads snapshots and sends the frames it builds.
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from channels import envelope, protocol
 from channels.interfaces import UserKey
@@ -40,6 +45,41 @@ class ThreadSnapshot:
     unread: int
     watermark: int  # the thread's last_message_id when `unread` was counted
     marker: int  # the user's read marker in the thread (0: none)
+
+
+class ThreadUnread(NamedTuple):
+    """One thread's counts as a frame tells them."""
+
+    candidate_id: str
+    thread_id: int
+    unread: int
+    candidate_unread: int
+
+
+@dataclass(slots=True)
+class UnreadChange:
+    """What one batch tells one user: the threads whose counts moved, the user's total and,
+    after its counts could have drifted (RESYNC), every candidate with unread messages.
+    Encoded at most once per protocol, and the same strings sent to each of its sockets."""
+
+    threads: list[ThreadUnread]
+    total: int
+    summary: list[tuple[str, int]] | None
+    _per_thread: list[str] | None = field(default=None, init=False, repr=False)
+    _batched: list[str] | None = field(default=None, init=False, repr=False)
+
+    def frames(self, batched: bool) -> list[str]:
+        """For a protocol 2 socket (`batched`), one `unread.batch` frame; for a protocol 1
+        socket, an `unread` frame per thread, then an `unread.summary` after a resync."""
+        if batched:
+            if self._batched is None:
+                self._batched = [protocol.unread_batch(self.threads, self.total, self.summary)]
+            return self._batched
+        if self._per_thread is None:
+            self._per_thread = [protocol.unread(*thread, self.total) for thread in self.threads]
+            if self.summary is not None:
+                self._per_thread.append(protocol.unread_summary(self.summary, self.total))
+        return self._per_thread
 
 
 @dataclass(slots=True)
@@ -174,11 +214,11 @@ class UnreadTracker:
         thread.counted.add(mid)
         thread.unread += 1
 
-    # --- frames ---------------------------------------------------------------------
+    # --- changes --------------------------------------------------------------------
 
-    def take_frames(self) -> dict[UserKey, list[str]]:
-        """Frames for every loaded user with touched threads; those users are done."""
-        out: dict[UserKey, list[str]] = {}
+    def take_changes(self) -> dict[UserKey, UnreadChange]:
+        """What every loaded user with touched threads is to be told; those users are done."""
+        out: dict[UserKey, UnreadChange] = {}
         for user, items in list(self.touched.items()):
             counts = self._users.get(user)
             if counts is None:  # pragma: no cover - forget() drops counts and touched together
@@ -187,45 +227,56 @@ class UnreadTracker:
             if not counts.loaded:
                 continue
             del self.touched[user]
-            frames = self._frames(counts, items)
-            if frames:
-                out[user] = frames
+            change = self._change(counts, items)
+            if change is not None:
+                out[user] = change
         return out
 
-    def _frames(self, counts: _UserCounts, items: set[tuple[int, int]]) -> list[str]:
+    def take_frames(self) -> dict[UserKey, list[str]]:
+        """`take_changes` as protocol 1 frames, by user."""
+        return {user: change.frames(False) for user, change in self.take_changes().items()}
+
+    def _change(self, counts: _UserCounts, items: set[tuple[int, int]]) -> UnreadChange | None:
         by_candidate: dict[int, int] = {}
         for count in counts.threads.values():
             by_candidate[count.candidate_pk] = (
                 by_candidate.get(count.candidate_pk, 0) + count.unread
             )
-        total = sum(by_candidate.values())
-        frames = []
+        threads = []
         for candidate_pk, thread_id in sorted(items):
-            thread = counts.threads.get(thread_id)
-            candidate_id = counts.candidate_ids.get(candidate_pk)
-            if (candidate_pk, thread_id) == RESYNC or candidate_id is None:
-                continue
-            if thread is None and counts.gone.pop(thread_id, None) != candidate_pk:
-                continue  # never known to this user
-            frames.append(
-                protocol.unread(
-                    candidate_id,
-                    thread_id,
-                    0 if thread is None else thread.unread,
-                    by_candidate.get(candidate_pk, 0),
-                    total,
-                )
-            )
+            thread = self._thread_unread(counts, candidate_pk, thread_id, by_candidate)
+            if thread is not None:
+                threads.append(thread)
         counts.gone.clear()
         # Only candidates of threads still seen need their ids now.
         seen = {count.candidate_pk for count in counts.threads.values()}
         if len(counts.candidate_ids) > len(seen):
             counts.candidate_ids = {pk: counts.candidate_ids[pk] for pk in seen}
-        if RESYNC in items:
-            summary = [
-                (counts.candidate_ids[pk], n)
-                for pk, n in sorted(by_candidate.items())
-                if n and pk in counts.candidate_ids
-            ]
-            frames.append(protocol.unread_summary(summary, total))
-        return frames
+        summary = self._summary(counts, by_candidate) if RESYNC in items else None
+        if not threads and summary is None:
+            return None
+        return UnreadChange(threads, sum(by_candidate.values()), summary)
+
+    @staticmethod
+    def _summary(counts: _UserCounts, by_candidate: dict[int, int]) -> list[tuple[str, int]]:
+        """Every candidate with unread messages, by its id."""
+        return [
+            (counts.candidate_ids[pk], n)
+            for pk, n in sorted(by_candidate.items())
+            if n and pk in counts.candidate_ids
+        ]
+
+    @staticmethod
+    def _thread_unread(
+        counts: _UserCounts, candidate_pk: int, thread_id: int, by_candidate: dict[int, int]
+    ) -> ThreadUnread | None:
+        """A touched thread's counts now (0 for one the user no longer sees); None for what
+        is not a thread to report (RESYNC, a thread never known to the user)."""
+        candidate_id = counts.candidate_ids.get(candidate_pk)
+        if (candidate_pk, thread_id) == RESYNC or candidate_id is None:
+            return None
+        thread = counts.threads.get(thread_id)
+        if thread is None and counts.gone.pop(thread_id, None) != candidate_pk:
+            return None
+        unread = 0 if thread is None else thread.unread
+        return ThreadUnread(candidate_id, thread_id, unread, by_candidate.get(candidate_pk, 0))

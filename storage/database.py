@@ -89,7 +89,8 @@ def create_engine(url: str, *, sqlite_foreign_keys: bool = True, **kwargs: Any) 
         # Writers take the write lock up front: a deferred transaction that reads and then
         # writes can fail with SQLITE_BUSY_SNAPSHOT, which no busy timeout retries.
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        if mode is not None:  # None: a read, each statement on its own (Database.read)
+            conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
 
@@ -114,15 +115,16 @@ class Database:
         self.sqlite = is_sqlite(url)
         self.engine = create_engine(url, **engine_kwargs)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        # Reads on PostgreSQL run in autocommit: each statement is its own snapshot either
+        # Reads run in autocommit: on PostgreSQL each statement is its own snapshot either
         # way (READ COMMITTED), and a read then costs its statements alone, not BEGIN and
-        # ROLLBACK round trips around them.
-        reads = (
-            self.engine
-            if self.sqlite
-            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        # ROLLBACK round trips around them; on SQLite (WAL) likewise each statement sees
+        # the newest commit. A read that needs one snapshot asks for it in one statement.
+        # (SQLite: by not sending BEGIN; its driver's own autocommit switch would be reset
+        # with a PRAGMA on every return to the pool.)
+        self._reads = self.engine.execution_options(
+            **({"sqlite_begin": None} if self.sqlite else {"isolation_level": "AUTOCOMMIT"})
         )
-        self._read_sessions = async_sessionmaker(reads, expire_on_commit=False)
+        self._read_sessions = async_sessionmaker(self._reads, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.sqlite else None
         self.statements = 0  # SQL statements sent, for /metrics and the benchmarks
         event.listen(self.engine.sync_engine, "before_cursor_execute", self._count_statement)
@@ -138,6 +140,13 @@ class Database:
     async def read(self) -> AsyncIterator[AsyncSession]:
         async with self._read_sessions() as session:
             yield session
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        """A bare connection for Core reads on hot paths (a socket's connect): as `read()`,
+        without the cost of an ORM session."""
+        async with self._reads.connect() as conn:
+            yield conn
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:

@@ -31,6 +31,7 @@ from playwright.async_api import (
     expect,
 )
 
+from channels.protocol import SUBPROTOCOL_V2
 from harness.services import ServerProcess, free_port
 from server.app import create_app
 from tests.support.browser import (
@@ -662,6 +663,40 @@ async def test_keyboard_opens_and_closes_the_dialog_and_the_list_shows_live_blue
     await ann_list.reload()
     await expect(row).to_be_visible()
     await expect(row.get_by_role("img")).to_have_count(0)
+
+
+async def test_blue_dots_move_live_between_two_users_over_protocol_2(site: Site) -> None:
+    """Ann watches (the candidate list, and the candidate's page), coord writes: every dot
+    moves live, with the socket speaking protocol 2 (unread changes in `unread.batch`)."""
+    ann_list = await site.page("ann", path="/")
+    sockets = frame_log(ann_list)
+    await ann_list.reload()  # so that the log sees the socket from its handshake on
+    await ready(ann_list)
+    protocol = await ann_list.evaluate("window.__amTestClient.socket.protocol")
+    assert protocol == SUBPROTOCOL_V2
+    ann = await site.open(ann_list.context)
+    row = ann_list.get_by_role("listitem").filter(
+        has=ann_list.get_by_role("link", name=CANDIDATE_NAME)
+    )
+    await expect(row).to_be_visible()
+    await expect(row.get_by_role("img")).to_have_count(0)
+
+    coord = await site.page("coord")
+    await open_messages(coord)
+    await write(coord, "Is she free on Monday?")
+    await write(coord, "Or else on Tuesday?")
+    dot = row.get_by_role("img", name=re.compile(r"^\d+ unread$"))
+    await expect(dot).to_have_accessible_name("2 unread", timeout=SHORT)
+    await expect(bubble(ann)).to_have_accessible_name("Messages, 2 unread", timeout=SHORT)
+    await expect(unread_line(ann)).to_contain_text("Or else on Tuesday?", timeout=SHORT)
+
+    # Ann reads on the candidate's page: the list's dot goes, live.
+    await open_messages(ann)
+    await expect(message_item(ann, "Or else on Tuesday?")).to_be_visible()
+    await expect(row.get_by_role("img")).to_have_count(0, timeout=SHORT)
+    await expect(bubble(ann)).to_have_accessible_name("Messages", timeout=SHORT)
+    received = {frame["type"] for socket in sockets for frame in socket.received}
+    assert "unread.batch" in received and "unread" not in received, received
 
 
 # --- 8. screenshots --------------------------------------------------------------------------

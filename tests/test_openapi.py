@@ -388,8 +388,8 @@ async def _refused() -> AsyncIterator[Any]:
 async def database_down(c: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     """503 from every operation that reaches the database, while it does not answer."""
     with monkeypatch.context() as patch:
-        patch.setattr(c.services.db, "read", _refused)
-        patch.setattr(c.services.db, "write", _refused)
+        for way_in in ("read", "reading", "write", "transaction", "atomic"):
+            patch.setattr(c.services.db, way_in, _refused)
         for op in OPERATIONS:
             if op.auth != "none" or op.body is not None:
                 await c.send_valid(op, 503)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import websockets
+from starlette.applications import Starlette
 
 from tests.support.realtime import WsClient
 from tests.support.world import Api
@@ -31,3 +32,15 @@ async def test_bad_origin_is_refused(world: Api, live: str) -> None:
             live, world.token("acme", "mem"), headers={"Origin": "https://evil.com"}
         )
     assert refused.value.response.status_code == 403
+
+
+async def test_the_served_app_writes_frames_straight_to_the_socket(
+    world: Api, live: str, app: Starlette
+) -> None:
+    """The product's uvicorn settings (server/edge/serving.py) offer the direct writer."""
+    member = await WsClient.connect(live, world.token("acme", "mem"))
+    assert (await member.request("ping"))["type"] == "pong"
+    hub = app.state.services.realtime.hub
+    (conn,) = [conn for conns in hub.users.values() for conn in conns]
+    assert conn.direct is not None and conn.queued == 0
+    await member.close()

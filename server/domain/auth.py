@@ -60,8 +60,8 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
 
 async def authenticate_token(db: Database, secret: str, token: str) -> tuple[Principal, int]:
     org, user, exp = decode_user_token(secret, token)
-    async with db.read() as session:
-        principal = await load_principal(session, org, user)
+    async with db.reading() as conn:
+        principal = await load_principal(conn, org, user)
     if principal is None:
         raise Unauthorized("The token's user is not provisioned.")
     return principal, exp

@@ -130,8 +130,8 @@ class SqlEventSource:
 
     async def unread_snapshot(self, connection: Connection) -> list[ThreadSnapshot]:
         who: Principal = connection.context
-        async with self.db.read() as session:
-            rows = await views.unread_snapshot(session, who.actor)
+        async with self.db.reading() as conn:
+            rows = await views.unread_snapshot(conn, who.actor)
         return [ThreadSnapshot(*row) for row in rows]
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import bindparam, literal, select, union_all
+from sqlalchemy import bindparam, func, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from mailer.compose import AlertLine
@@ -43,8 +44,11 @@ _PRINCIPAL = (
 )
 
 
-async def load_principal(session: AsyncSession, org_id: str, user_id: str) -> Principal | None:
-    conn = await session.connection()  # Core: this runs on every request
+async def load_principal(
+    db: AsyncSession | AsyncConnection, org_id: str, user_id: str
+) -> Principal | None:
+    # Core: this runs on every request and every connect.
+    conn = db if isinstance(db, AsyncConnection) else await db.connection()
     row = (await conn.execute(_PRINCIPAL, {"org": org_id, "user": user_id})).first()
     if row is None:
         return None
@@ -181,24 +185,60 @@ class Target:
     ref: ThreadRef
     access: CandidateAccess
     candidate_id: str
-    access_version: int = 0  # the candidate's, read no later than `access`
+    access_version: int = 0  # the candidate's, read with `access` (never after it)
 
 
-_TARGET = (
-    select(
-        Thread.id,
-        Thread.candidate_pk,
-        Thread.kind,
-        Thread.agency_user_pk,
-        Thread.member_pk,
-        Candidate.ext_id,
-        Candidate.coordinator_pk,
-        Candidate.access_version,
-    )
+_TARGET_COLUMNS = (
+    Thread.id,
+    Thread.candidate_pk,
+    Thread.kind,
+    Thread.agency_user_pk,
+    Thread.member_pk,
+    Candidate.ext_id,
+    Candidate.coordinator_pk,
+    Candidate.access_version,
+)
+_LOCKED_TARGET = (  # SQLite: the write lock already
+    select(*_TARGET_COLUMNS)
     .join(Candidate, Candidate.pk == Thread.candidate_pk)
     .where(Thread.id == bindparam("t"), Thread.org_pk == bindparam("o"))
+    .with_for_update(of=Candidate)
 )
-_LOCKED_TARGET = _TARGET.with_for_update(of=Candidate)  # SQLite: the write lock already
+
+
+def _target_with_access(aggregate: Any) -> Any:
+    """The thread, its candidate and the candidate's two access lists in one statement (the
+    lists aggregated: an array on PostgreSQL, a comma list on SQLite)."""
+    members = (
+        select(aggregate(CandidateMember.user_pk))
+        .where(CandidateMember.candidate_pk == Thread.candidate_pk)
+        .scalar_subquery()
+    )
+    agency_users = (
+        select(aggregate(CandidateAgencyUser.user_pk))
+        .where(CandidateAgencyUser.candidate_pk == Thread.candidate_pk)
+        .scalar_subquery()
+    )
+    return (
+        select(*_TARGET_COLUMNS, members.label("members"), agency_users.label("agency_users"))
+        .join(Candidate, Candidate.pk == Thread.candidate_pk)
+        .where(Thread.id == bindparam("t"), Thread.org_pk == bindparam("o"))
+    )
+
+
+# Built once per dialect: every read and write of a thread starts here.
+_TARGET = {
+    "postgresql": _target_with_access(func.array_agg),
+    "sqlite": _target_with_access(func.group_concat),
+}
+
+
+def _user_pks(aggregated: Any) -> frozenset[int]:
+    if aggregated is None:
+        return frozenset()
+    if isinstance(aggregated, str):
+        return frozenset(int(pk) for pk in aggregated.split(","))
+    return frozenset(aggregated)
 
 
 async def thread_target(
@@ -209,12 +249,16 @@ async def thread_target(
     missing: str = "No such thread.",
     lock: bool = False,
 ) -> Target:
-    """The thread, its candidate (row-locked with `lock`: writes to one candidate are
-    serialised, so that seqs and message ids commit in order) and the candidate's access now,
-    in two statements built once. A thread the actor may not see is NotFound, as one that
-    does not exist."""
-    query = _LOCKED_TARGET if lock else _TARGET
-    row = (await db.execute(query, {"t": thread_id, "o": actor.org_pk})).first()
+    """The thread, its candidate and the candidate's access now, in one statement built
+    once; with `lock`, the candidate row is locked first (writes to one candidate are
+    serialised, so that seqs and message ids commit in order) and its access read after,
+    in a second statement. A thread the actor may not see is NotFound, as one that does
+    not exist."""
+    conn = db if isinstance(db, AsyncConnection) else await db.connection()
+    params = {"t": thread_id, "o": actor.org_pk}
+    row = (
+        await conn.execute(_LOCKED_TARGET if lock else _TARGET[conn.dialect.name], params)
+    ).first()
     if row is None:
         raise NotFound(missing)
     ref = ThreadRef(
@@ -224,9 +268,16 @@ async def thread_target(
         agency_user_pk=row.agency_user_pk,
         member_pk=row.member_pk,
     )
-    # The version is read before the lists: a change in between makes the pair look stale
-    # (and be read again), never current.
-    access = await access_of(db, row.candidate_pk, actor.org_pk, row.coordinator_pk)
+    if lock:
+        access = await access_of(conn, row.candidate_pk, actor.org_pk, row.coordinator_pk)
+    else:
+        access = CandidateAccess(
+            pk=row.candidate_pk,
+            org_pk=actor.org_pk,
+            coordinator_pk=row.coordinator_pk,
+            member_pks=_user_pks(row.members),
+            agency_user_pks=_user_pks(row.agency_users),
+        )
     if not rules.can_see_thread(actor, access, ref):
         raise NotFound(missing)
     return Target(ref, access, row.ext_id, row.access_version)

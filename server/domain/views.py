@@ -24,7 +24,7 @@ from sqlalchemy import (
     select,
     union,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from server.domain.rules import AGENCY, AGENCY_THREAD, MEMBER, Actor
 from storage.models import (
@@ -298,11 +298,11 @@ _UNREAD_SNAPSHOT = {kind: _unread_snapshot_query(kind) for kind in (MEMBER, AGEN
 
 
 async def unread_snapshot(
-    session: AsyncSession, actor: Actor
+    db: AsyncSession | AsyncConnection, actor: Actor
 ) -> list[tuple[int, int, str, int, int, int]]:
     """One statement, so each count and the last message id it was counted up to come from
     the same snapshot of the database."""
-    conn = await session.connection()
+    conn = db if isinstance(db, AsyncConnection) else await db.connection()
     rows = await conn.execute(_UNREAD_SNAPSHOT[actor.kind], {"u": actor.pk, "o": actor.org_pk})
     return [tuple(row) for row in rows]  # type: ignore[misc]
 

@@ -48,7 +48,16 @@ class RequestMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            try:
+                await self.app(scope, receive, send_wrapper)
+            except DBAPIError as error:
+                if response_started or not _retryable(scope, error):
+                    raise
+                # A read whose pooled connection the database dropped (a restart, a
+                # failover): nothing was changed, so it is carried out again, once, on a
+                # new connection, instead of answering 503.
+                error_log.info("A read lost its database connection; retrying it once.")
+                await self.app(scope, receive, send_wrapper)
         except ClientDisconnect:
             # The client left (or was cut off for sending its body too slowly) before the
             # request was read: nobody to answer, nothing wrong with the server.
@@ -66,6 +75,13 @@ class RequestMiddleware:
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(elapsed)
             access_log.info("%s %s %d %.1fms", method, route, status, elapsed * 1000)
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+
+def _retryable(scope: Scope, error: DBAPIError) -> bool:
+    return scope["method"] in SAFE_METHODS and error.connection_invalidated
 
 
 def _error_for(error: Exception, scope: Scope) -> Any:

@@ -10,6 +10,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from channels.protocol import MAX_FRAME_BYTES
+from server.edge.direct import DirectWebSocketProtocol
 from server.edge.guard import ConnectionGuard, guarded_protocol, networks_text
 
 # Messages that uvicorn logs for a client's fault as if it were the server's (ERROR with a
@@ -42,7 +43,8 @@ def uvicorn_config(app: Starlette, host: str, port: int, **overrides: Any) -> uv
         "host": host,
         "port": port,
         "http": guarded_protocol(guard),
-        "ws": "websockets-sansio",
+        # uvicorn's "websockets-sansio", writing fan-out frames straight to the socket.
+        "ws": DirectWebSocketProtocol,
         "access_log": False,  # our own access log leaves out query strings and tokens
         # X-Forwarded-For and -Proto are believed from these peers only.
         "proxy_headers": bool(trusted),

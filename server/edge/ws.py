@@ -46,6 +46,7 @@ from server.domain.errors import AppError, InvalidInput, NotFound, RateLimited, 
 from server.domain.eventlog import thread_rule
 from server.domain.facts import Principal
 from server.domain.rules import CandidateAccess
+from server.edge.direct import DIRECT
 from server.edge.guard import (
     ADDRESS_HANDSHAKES,
     ADDRESS_SOCKETS,
@@ -180,7 +181,14 @@ async def _check(ws: WebSocket, s: Services, address: str) -> tuple[Connection, 
     if not s.guard.sockets.acquire(address, s.guard.limits.max_sockets_per_address):
         s.guard.refused(ADDRESS_SOCKETS)
         return "Too many open connections from this address."
-    conn = Connection(who.actor.org_pk, who.actor.pk, who.kind, realtime.limits, context=who)
+    conn = Connection(
+        who.actor.org_pk,
+        who.actor.pk,
+        who.kind,
+        realtime.limits,
+        context=who,
+        unread_batches=protocol.SUBPROTOCOL_V2 in ws.scope.get("subprotocols", ()),
+    )
     try:
         # Before accept: the user's unread counts are read first (see Hub.register).
         await realtime.hub.register(conn)
@@ -198,7 +206,7 @@ async def _deny(ws: WebSocket, error: AppError) -> None:
 async def _serve(ws: WebSocket, s: Services, conn: Connection, expires_at: int) -> None:
     realtime = s.realtime
     try:
-        await ws.accept()
+        await ws.accept(subprotocol=protocol.SUBPROTOCOL_V2 if conn.unread_batches else None)
     except BaseException:
         await realtime.hub.unregister(conn)
         raise
@@ -209,26 +217,22 @@ async def _serve(ws: WebSocket, s: Services, conn: Connection, expires_at: int) 
         CLOSE_SESSION_EXPIRED,
         "The session has expired; sign in again.",
     )
-    reader = asyncio.create_task(_reader(ws, conn, s), name="ws-reader")
-    writer = asyncio.create_task(_writer(ws, conn), name="ws-writer")
-    closed = asyncio.create_task(conn.closed.wait(), name="ws-closed")
+    socket = _Socket(ws, conn)
+    # This task reads the socket from here on (an idle socket holds no task of its own),
+    # and is named as the reader was when it had a task apart.
+    reader = asyncio.current_task()
+    if reader is not None:
+        reader.set_name("ws-reader")
     try:
-        await asyncio.wait({reader, writer, closed}, return_when=asyncio.FIRST_COMPLETED)
-        if conn.close_code is None:
-            conn.close(CLOSE_NORMAL)
+        await _reader(ws, conn, s, socket)
+    except Exception:
+        log.exception("A socket's reader failed unexpectedly.")
+    finally:
+        expiry.cancel()
+        conn.close(CLOSE_NORMAL)  # (when nothing closed it before)
         # The writer flushes what was queued before the close and sends the close frame;
         # a writer stuck on a client that stopped reading is given up on after a grace.
-        await asyncio.wait({writer}, timeout=CLOSE_GRACE_SECONDS)
-    finally:
-        closed.cancel()
-        expiry.cancel()
-        if conn.busy:
-            # An op in flight (a send, say) finishes even though the socket is gone, as
-            # on shutdown: the client resumes and finds it, or retries with its client_id.
-            await asyncio.wait({reader}, timeout=IN_FLIGHT_GRACE_SECONDS)
-        for task in (reader, writer):
-            task.cancel()
-        await asyncio.gather(reader, writer, return_exceptions=True)
+        await socket.finish(CLOSE_GRACE_SECONDS)
         await realtime.hub.unregister(conn)
         s.metrics.ws_connections.dec()
         s.metrics.ws_closed.labels(str(conn.close_code)).inc()
@@ -250,29 +254,76 @@ async def _open_connections(realtime: Realtime, who: Principal) -> int:
         return 0
 
 
+class _Socket:
+    """The edge's side of one open connection: how its frames leave, and waking its reader.
+
+    Under our uvicorn protocol (server/edge/direct.py) the scope offers DIRECT: frames are
+    then written straight to the transport, and a writer task exists only while frames
+    wait for a paused transport, or to close the socket. Without it (another server), every
+    frame is queued and sent by such a writer through ASGI."""
+
+    __slots__ = ("conn", "deadline", "writer", "ws")
+
+    def __init__(self, ws: WebSocket, conn: Connection) -> None:
+        self.ws, self.conn = ws, conn
+        self.writer: asyncio.Task[None] | None = None
+        self.deadline: asyncio.Timeout | None = None  # what the reader waits under, if any
+        conn.direct = (ws.scope.get("extensions") or {}).get(DIRECT)
+        conn.wake = self.wake
+        if conn.queued or conn.close_code is not None:  # queued before accept
+            self.wake()
+
+    def wake(self) -> None:
+        """Called by the connection when a frame is queued or when it closes."""
+        conn = self.conn
+        if self.writer is None or self.writer.done():
+            self.writer = asyncio.create_task(_writer(self.ws, conn), name="ws-writer")
+        deadline = self.deadline
+        if conn.close_code is not None and deadline is not None and not deadline.expired():
+            # The reader stops: at once if it waits for a frame; an op in flight (a send,
+            # say) finishes even though the socket is gone, as on shutdown, within a grace:
+            # the client resumes and finds it, or retries with its client_id.
+            grace = IN_FLIGHT_GRACE_SECONDS if conn.busy else 0.0
+            deadline.reschedule(asyncio.get_running_loop().time() + grace)
+
+    async def finish(self, grace: float) -> None:
+        """Once closed: lets the writer flush and close the socket within `grace`."""
+        self.conn.direct = self.conn.wake = None
+        writer = self.writer
+        if writer is None:
+            return
+        if not writer.done():
+            await asyncio.wait({writer}, timeout=grace)
+            writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+
+
 async def _writer(ws: WebSocket, conn: Connection) -> None:
-    """Sends queued frames; closes the socket once the connection is closed."""
+    """Sends the queued frames in order, each waiting for the transport to take it; once
+    the connection is closed and nothing is left, closes the socket. Ends when the queue
+    is empty: the connection wakes a new one for the next frame it queues."""
     try:
-        while True:
-            frames = await conn.next_frames()
-            if not frames and conn.close_code is not None:
-                break
-            for frame in frames:
-                await ws.send_text(frame)
-        if conn.close_code != CLOSE_CLIENT_GONE:
-            await ws.close(conn.close_code or CLOSE_NORMAL, conn.close_reason[:120])
+        while (frame := conn.first_queued()) is not None:
+            await ws.send_text(frame)
+            conn.sent_first()
+        if conn.close_code is not None and conn.close_code != CLOSE_CLIENT_GONE:
+            await ws.close(conn.close_code, conn.close_reason[:120])
     except (WebSocketDisconnect, RuntimeError, OSError):
         conn.close(CLOSE_CLIENT_GONE)
 
 
-async def _reader(ws: WebSocket, conn: Connection, s: Services) -> None:
+async def _reader(ws: WebSocket, conn: Connection, s: Services, socket: _Socket) -> None:
+    """Reads and answers frames until the connection is closed, by the client or from
+    elsewhere (`_Socket.wake` ends the wait)."""
     while conn.close_code is None:
         try:
-            async with asyncio.timeout(conn.limits.idle_timeout_seconds):
+            async with asyncio.timeout(conn.limits.idle_timeout_seconds) as socket.deadline:
                 message = await ws.receive()
         except TimeoutError:
-            conn.close(CLOSE_IDLE, "No frame within the idle timeout.")
+            conn.close(CLOSE_IDLE, "No frame within the idle timeout.")  # unless closed
             return
+        finally:
+            socket.deadline = None
         if message["type"] == "websocket.disconnect":
             conn.close(CLOSE_CLIENT_GONE)
             return
@@ -288,8 +339,12 @@ async def _reader(ws: WebSocket, conn: Connection, s: Services) -> None:
             return
         conn.busy = True
         try:
-            await _handle(text, conn, s)
+            async with asyncio.timeout(None) as socket.deadline:
+                await _handle(text, conn, s)
+        except TimeoutError:
+            return  # closed meanwhile, and the op went over its grace
         finally:
+            socket.deadline = None
             conn.busy = False
 
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import uvicorn
@@ -60,14 +60,32 @@ class WsClient:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def connect(cls, base_url: str, token: str | None = None, **kwargs: Any) -> WsClient:
+    async def connect(
+        cls,
+        base_url: str,
+        token: str | None = None,
+        *,
+        subprotocols: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> WsClient:
+        """`subprotocols`: offered in the handshake (protocol.SUBPROTOCOL_V2 asks for
+        protocol 2); other keywords go to websockets.connect."""
         headers = dict(kwargs.pop("headers", {}))
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         socket = await websockets.connect(
-            ws_url(base_url), additional_headers=headers, max_size=None, **kwargs
+            ws_url(base_url),
+            additional_headers=headers,
+            max_size=None,
+            subprotocols=[websockets.Subprotocol(s) for s in subprotocols or ()] or None,
+            **kwargs,
         )
         return cls(socket)
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The subprotocol the server answered with (None: protocol 1)."""
+        return self.socket.subprotocol
 
     async def _read(self) -> None:
         with contextlib.suppress(websockets.ConnectionClosed):

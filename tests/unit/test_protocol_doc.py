@@ -126,6 +126,48 @@ def test_every_server_frame_type_is_documented_and_no_other() -> None:
     assert in_doc == set(protocol.SERVER_FRAME_TYPES)
 
 
+def _examples(*frame_types: str) -> list[dict[str, Any]]:
+    """The document's examples of these server frames: JSON lines of their own."""
+    heads = tuple(f'{{"type": "{t}"' for t in frame_types)
+    lines = (line.strip() for line in DOC.splitlines())
+    return [orjson.loads(line) for line in lines if line.startswith(heads)]
+
+
+def _shape(frame: dict[str, Any]) -> str:
+    """A frame's keys, with the keys of the objects its lists hold (a list or null without
+    objects in it shows none)."""
+    fields = {
+        key: _shape(value[0]) if isinstance(value, list) and value else None
+        for key, value in frame.items()
+    }
+    return orjson.dumps(fields, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def test_the_unread_frames_are_documented_with_the_fields_they_are_built_with() -> None:
+    built = [
+        protocol.unread("c1", 7, 2, 3, 5),
+        protocol.unread_summary([("c1", 3)], 3),
+        protocol.unread_batch([("c1", 7, 2, 3)], 5, None),
+        protocol.unread_batch([("c1", 7, 2, 3)], 3, [("c1", 3)]),  # after a resync
+    ]
+    documented = _examples("unread", "unread.summary", "unread.batch")
+    assert {_shape(e) for e in documented} == {_shape(orjson.loads(f)) for f in built}
+
+
+def test_the_batch_frame_s_fields_are_documented_in_its_table() -> None:
+    rows = {row[0].strip("`"): row[1] for row in _table_rows("`unread.batch` field")}
+    frame = orjson.loads(protocol.unread_batch([("c1", 7, 2, 3)], 3, [("c1", 3)]))
+    assert set(rows) == set(frame) - {"type"}
+    for name in ("threads", "summary"):
+        (each,) = re.findall(r"\(each: ([^)]*)\)", rows[name])
+        assert set(re.findall(r"`(\w+)`", each)) == set(frame[name][0]), name
+
+
+def test_protocol_2_is_asked_for_by_its_subprotocol() -> None:
+    assert f"Sec-WebSocket-Protocol: {protocol.SUBPROTOCOL_V2}" in DOC
+    assert f'new WebSocket(url, ["{protocol.SUBPROTOCOL_V2}"])' in DOC
+
+
 def test_every_close_code_is_documented_with_its_reason() -> None:
     rows = {int(row[0]): row[1] for row in _table_rows("close code")}
     assert set(rows) == set(protocol.CLOSE_CODES)

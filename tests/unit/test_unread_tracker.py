@@ -37,8 +37,10 @@ def loaded(*rows: ThreadSnapshot) -> UnreadTracker:
     return tracker
 
 
-def frames(tracker: UnreadTracker) -> list[dict[str, object]]:
-    return [orjson.loads(f) for f in tracker.take_frames().get(USER, [])]
+def frames(tracker: UnreadTracker, batched: bool = False) -> list[dict[str, object]]:
+    """The frames of what the tracker has to tell USER now (protocol 1, or 2 if `batched`)."""
+    change = tracker.take_changes().get(USER)
+    return [] if change is None else [orjson.loads(f) for f in change.frames(batched)]
 
 
 def feed(tracker: UnreadTracker, message: envelope.Envelope) -> None:
@@ -160,6 +162,74 @@ def test_a_lost_broker_link_resends_the_summary() -> None:
     token = tracker.begin_load(USER)
     tracker.load(USER, [snapshot(unread=2, watermark=9)], token)
     assert [f["type"] for f in frames(tracker)] == ["unread.summary"]
+
+
+def test_a_batch_tells_every_moved_thread_in_one_protocol_2_frame() -> None:
+    other = ThreadSnapshot(8, 6, "c6", 2, 40, 0)
+    tracker = loaded(snapshot(unread=1, watermark=50), snapshot(0, 50, thread=9), other)
+    for message in (created(51), created(52, thread=9), created(41, thread=8, candidate=6)):
+        feed(tracker, message)
+    change = tracker.take_changes()[USER]
+    (batch,) = [orjson.loads(f) for f in change.frames(batched=True)]
+    assert batch == {
+        "type": "unread.batch",
+        "threads": [
+            {"candidate": "c5", "thread": THREAD, "unread": 2, "candidate_unread": 3},
+            {"candidate": "c5", "thread": 9, "unread": 1, "candidate_unread": 3},
+            {"candidate": "c6", "thread": 8, "unread": 3, "candidate_unread": 3},
+        ],
+        "total_unread": 6,
+        "summary": None,
+    }
+    # Protocol 1 is told the same, a frame per thread, as before.
+    per_thread = [orjson.loads(f) for f in change.frames(batched=False)]
+    assert [f["type"] for f in per_thread] == ["unread"] * 3
+    assert [
+        {k: f[k] for k in ("candidate", "thread", "unread", "candidate_unread")} for f in per_thread
+    ] == batch["threads"]
+    assert {f["total_unread"] for f in per_thread} == {6}
+
+
+def test_each_protocol_s_frames_are_encoded_once() -> None:
+    tracker = loaded(snapshot(unread=1, watermark=50))
+    feed(tracker, created(51))
+    change = tracker.take_changes()[USER]
+    assert change.frames(batched=True) is change.frames(batched=True)
+    assert change.frames(batched=False) is change.frames(batched=False)
+    assert change.frames(batched=True)[0] is change.frames(batched=True)[0]
+
+
+def test_a_resync_folds_the_summary_into_the_protocol_2_frame() -> None:
+    other = ThreadSnapshot(8, 6, "c6", 0, 40, 40)
+    tracker = loaded(snapshot(unread=2, watermark=9), other)
+    tracker.invalidate(USER, RESYNC)
+    token = tracker.begin_load(USER)
+    # A message was missed while the broker link was down: the thread moved too.
+    tracker.load(USER, [snapshot(unread=3, watermark=10), other], token)
+    change = tracker.take_changes()[USER]
+    (batch,) = [orjson.loads(f) for f in change.frames(batched=True)]
+    assert batch == {
+        "type": "unread.batch",
+        "threads": [{"candidate": "c5", "thread": THREAD, "unread": 3, "candidate_unread": 3}],
+        "total_unread": 3,
+        "summary": [{"candidate": "c5", "unread": 3}],
+    }
+    assert [orjson.loads(f)["type"] for f in change.frames(batched=False)] == [
+        "unread",
+        "unread.summary",
+    ]
+    # Nothing moved: the batch carries the summary alone.
+    tracker.invalidate(USER, RESYNC)
+    token = tracker.begin_load(USER)
+    tracker.load(USER, [snapshot(unread=3, watermark=10), other], token)
+    assert frames(tracker, batched=True) == [
+        {
+            "type": "unread.batch",
+            "threads": [],
+            "total_unread": 3,
+            "summary": [{"candidate": "c5", "unread": 3}],
+        }
+    ]
 
 
 def test_a_user_who_left_is_forgotten() -> None:

@@ -5,13 +5,17 @@
 // - resumes every subscribed candidate from the last seq it saw, with batch subscribes (one
 //   frame per 100 candidates), and drops duplicates;
 // - reports `reset` so that views reload over REST when the log no longer reaches back;
-// - queues sends made while offline, each with a client_id, so a retry never doubles one.
+// - queues sends made while offline, each with a client_id, so a retry never doubles one;
+// - speaks protocol 2 when the server does (one `unread.batch` frame per batch of unread
+//   changes), and hands each batch on as protocol 1's `unread` and `unread.summary` events,
+//   so that listeners know one shape whichever protocol the server speaks.
 
 const PING_EVERY_MS = 25_000;
 const ANSWER_TIMEOUT_MS = 15_000;
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 15_000;
 const MAX_BATCH = 100; // candidates in one batch `subscribe` (docs/protocol.md)
+const PROTOCOL_2 = "agency-messaging.v2"; // the subprotocol that asks for protocol 2
 
 export class ApiError extends Error {
   constructor(status, code, message) {
@@ -63,7 +67,8 @@ export class MessagingClient extends EventTarget {
 
   connect() {
     if (this.stopped) return;
-    const socket = new WebSocket(this.url);
+    // A server without protocol 2 answers with no subprotocol: protocol 1, handled as well.
+    const socket = new WebSocket(this.url, [PROTOCOL_2]);
     this.socket = socket;
     socket.addEventListener("open", () => this.onOpen(socket));
     socket.addEventListener("message", (event) => this.onFrame(event.data));
@@ -146,7 +151,15 @@ export class MessagingClient extends EventTarget {
       if (!this.accept(frame.candidate, frame.seq)) return; // a duplicate after a resume
     }
     if (frame.type === "unsubscribed") this.subscriptions.delete(frame.candidate);
-    this.emit(frame.type, frame);
+    if (frame.type === "unread.batch") this.emitUnreadBatch(frame);
+    else this.emit(frame.type, frame);
+  }
+
+  // Protocol 2's batch, as the frames protocol 1 sends for it: an `unread` per thread, then
+  // the summary (after a lost broker link on the server).
+  emitUnreadBatch({ threads, total_unread: total, summary }) {
+    for (const thread of threads ?? []) this.emit("unread", { type: "unread", ...thread, total_unread: total });
+    if (summary) this.emit("unread.summary", { type: "unread.summary", candidates: summary, total_unread: total });
   }
 
   accept(candidate, seq) {
