@@ -659,13 +659,14 @@ class Hub:
 
     def _on_unread(self, message: envelope.UnreadEnvelope) -> None:
         """Costs what the envelope's users with a socket here cost, not its audience: the
-        org's local users are intersected with the audience in C, over the smaller set."""
+        org's local users are intersected with the audience in C, over the smaller set, and
+        a new message is recorded once for all of them (applied to each at the batch)."""
         org_users = self._local_users.get(message.org_pk)
         if not org_users:
             return  # nobody of the org is connected here
-        local = org_users & message.user_pks
+        local = org_users & message.user_pks  # a new set: the tracker may keep it
         if local:
-            self.unread.on_envelope(message, [(message.org_pk, pk) for pk in local])
+            self.unread.on_envelope(message, local)
             self._unread_wakeup.set()
 
     async def _unread_loop(self) -> None:

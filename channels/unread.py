@@ -4,15 +4,27 @@ A user's counts are read from SQL once (a *snapshot*), then moved by the `messag
 events that reach the process: a new message is one more unread for every viewer but its
 author, unless the reader's marker is already past it. Anything rarer (a read, a delete, an
 access change, an unknown thread, a lost broker link) makes the user's counts be read again.
-So a message to a thousand viewers costs a thousand dictionary updates, not a thousand
-queries.
+So a message to a thousand viewers costs no query, and no Python work per viewer when it
+arrives: it is recorded once, in the thread's log shared by the process, with its viewers
+whose counts are loaded (a set computed in C). The log is applied to each of those users'
+counts once, when a batch is taken, or before any counts are replaced (a snapshot read
+starts or ends) or dropped (a departure): so every record is applied to the very counts it
+was recorded for, as if on arrival, and the log is empty after each batch.
 
 Why an event is never counted twice or missed: each thread's snapshot row carries the
 thread's `last_message_id` (its *watermark*) read in the same statement as the count.
 Messages of a thread commit in id order, so every message up to the watermark is in the
 count, and every later one arrives as an event; events up to the watermark are ignored,
 later ones are counted once each. Events that arrive while a snapshot is being read are
-held and applied to the new snapshot.
+held and applied to the new snapshot. "Once each": the process remembers, per thread, the
+ids that arrived, and only a message's first arrival counts. That is the same as each user
+remembering what it counted: an event is published after its message commits, so a
+snapshot read after the first arrival already holds the message; a user whose read began
+before it holds the event and counts it at load, its id remembered again then. The ids at
+or below every holder's watermark and marker are forgotten: no count can take them again.
+
+The counts of each candidate and the total are kept as the threads move, so a batch costs
+a user what its moved threads cost, not what all its threads do.
 
 Every read after the first is compared with the counts it replaces: each thread whose count
 moved, or that the user no longer sees (sent as 0), is reported. So an access change, a
@@ -27,7 +39,8 @@ This module does no I/O: the hub reads snapshots and sends the frames it builds.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -35,6 +48,9 @@ from channels import envelope, protocol
 from channels.interfaces import UserKey
 
 RESYNC = (0, 0)  # in a set of touched threads: send the user's whole unread summary
+# A thread's remembered ids are trimmed when they have doubled since the last trim (plus
+# this), so trimming costs a thread's holders once per that many messages at most.
+TRIM_SLACK = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +102,7 @@ class UnreadChange:
 class _ThreadCount:
     candidate_pk: int
     unread: int
-    watermark: int
-    marker: int
-    counted: set[int] = field(default_factory=set)  # ids above the watermark, counted
+    covered: int  # max(watermark, marker): no message at or below it is counted again
 
 
 @dataclass(slots=True)
@@ -97,11 +111,38 @@ class _UserCounts:
     # The candidates of the threads held, and of threads just gone until they are
     # reported (as 0) under their candidate's id. Pks are never reused.
     candidate_ids: dict[int, str] = field(default_factory=dict)
+    # Kept as threads move: every candidate of a thread held (0 included), and the sum.
+    by_candidate: dict[int, int] = field(default_factory=dict)
+    total: int = 0
     loaded: bool = False
     reading: int = 0  # the token of the newest snapshot read; older reads are dropped
     ever_loaded: bool = False  # the first read is the client's starting point: no frames
     held: list[envelope.UnreadEnvelope] = field(default_factory=list)
     gone: dict[int, int] = field(default_factory=dict)  # thread -> candidate, to report as 0
+
+
+class _Arrival(NamedTuple):
+    message_id: int
+    users: Set[int]  # the pks, loaded here and holding the thread, it is recorded for
+    first: bool  # the id's first arrival: only it counts
+
+
+@dataclass(slots=True, eq=False)
+class _SharedThread:
+    """A thread as the process sees it: who holds its counts, and its unapplied log."""
+
+    org_pk: int
+    candidate_pk: int
+    thread_id: int
+    holders: dict[int, _UserCounts] = field(default_factory=dict)  # user pk -> its counts
+    loaded: set[int] = field(default_factory=set)  # the holders whose counts are loaded
+    log: list[_Arrival] = field(default_factory=list)  # since the counts were last settled
+    arrived: set[int] = field(default_factory=set)  # ids above some holder's `covered`
+    trim_at: int = TRIM_SLACK
+
+    @property
+    def item(self) -> tuple[int, int]:
+        return (self.candidate_pk, self.thread_id)
 
 
 class UnreadTracker:
@@ -110,12 +151,18 @@ class UnreadTracker:
         self._reads = 0
         self.stale: set[UserKey] = set()  # users whose counts must be read from SQL
         self.touched: dict[UserKey, set[tuple[int, int]]] = {}  # (candidate_pk, thread_id)
+        self._threads: dict[tuple[int, int, int], _SharedThread] = {}  # (org, cand, thread)
+        self._unsettled: list[_SharedThread] = []  # threads with a log to apply
 
     # --- users ----------------------------------------------------------------------
 
     def forget(self, user: UserKey) -> None:
         """The user's last local connection closed."""
-        self._users.pop(user, None)
+        self._settle()
+        counts = self._users.pop(user, None)
+        if counts is not None:
+            self._set_loaded(user, counts, False)
+            self._release(user, counts)
         self.stale.discard(user)
         self.touched.pop(user, None)
 
@@ -127,16 +174,17 @@ class UnreadTracker:
         """Read this user's counts again, then send what moved, and `touch` (a thread, or
         RESYNC for the whole summary)."""
         counts = self._users.setdefault(user, _UserCounts())
-        counts.loaded = False
+        self._set_loaded(user, counts, False)
         self.stale.add(user)
         if touch is not None:
-            self.touched.setdefault(user, set()).add(touch)
+            self._touch(user, touch)
 
     def begin_load(self, user: UserKey) -> int:
         """A snapshot read starts: events from now on are held for it. Returns the read's
         token, for `load` or `load_failed`."""
+        self._settle()
         counts = self._users.setdefault(user, _UserCounts())
-        counts.loaded = False
+        self._set_loaded(user, counts, False)
         counts.held.clear()
         self.stale.discard(user)
         self._reads += 1
@@ -147,19 +195,33 @@ class UnreadTracker:
         counts = self._users.get(user)
         if counts is None or counts.reading != token:
             return  # disconnected meanwhile, or a newer read has started: it decides
+        self._settle()
         held, counts.held = counts.held, []
         before = {thread_id: (c.candidate_pk, c.unread) for thread_id, c in counts.threads.items()}
-        counts.threads = {
-            r.thread_id: _ThreadCount(r.candidate_pk, r.unread, r.watermark, r.marker) for r in rows
-        }
-        for r in rows:
-            counts.candidate_ids[r.candidate_pk] = r.candidate_id
-        counts.loaded = True
+        self._release(user, counts)
+        self._fill(counts, rows)
+        self._hold_threads(user, counts)
+        self._set_loaded(user, counts, True)
+        counted: set[tuple[int, int]] = set()  # (thread, message) held twice count once
         for message in held:
-            self._apply(user, counts, message)
+            self._apply_held(user, counts, message, counted)
         if counts.ever_loaded:
             self._touch_moved(user, counts, before)
         counts.ever_loaded = True
+
+    @staticmethod
+    def _fill(counts: _UserCounts, rows: Iterable[ThreadSnapshot]) -> None:
+        counts.threads = {}
+        counts.by_candidate = {}
+        for r in rows:
+            counts.threads[r.thread_id] = _ThreadCount(
+                r.candidate_pk, r.unread, max(r.watermark, r.marker)
+            )
+            counts.candidate_ids[r.candidate_pk] = r.candidate_id
+            counts.by_candidate[r.candidate_pk] = counts.by_candidate.get(r.candidate_pk, 0) + (
+                r.unread
+            )
+        counts.total = sum(counts.by_candidate.values())
 
     def _touch_moved(
         self, user: UserKey, counts: _UserCounts, before: dict[int, tuple[int, int]]
@@ -181,43 +243,167 @@ class UnreadTracker:
         if counts is not None and counts.reading == token:
             self.stale.add(user)
 
+    def _set_loaded(self, user: UserKey, counts: _UserCounts, loaded: bool) -> None:
+        """Also in each of its threads: a new message there is then matched against the
+        thread's loaded holders by one set operation."""
+        if counts.loaded == loaded:
+            return
+        counts.loaded = loaded
+        org_pk, user_pk = user
+        for thread_id, thread in counts.threads.items():
+            shared = self._threads[(org_pk, thread.candidate_pk, thread_id)]
+            if loaded:
+                shared.loaded.add(user_pk)
+            else:
+                shared.loaded.discard(user_pk)
+
+    def _hold_threads(self, user: UserKey, counts: _UserCounts) -> None:
+        """Records the user as a holder of each thread of its counts."""
+        org_pk, user_pk = user
+        for thread_id, thread in counts.threads.items():
+            key = (org_pk, thread.candidate_pk, thread_id)
+            shared = self._threads.get(key)
+            if shared is None:
+                shared = self._threads[key] = _SharedThread(org_pk, thread.candidate_pk, thread_id)
+            shared.holders[user_pk] = counts
+
+    def _release(self, user: UserKey, counts: _UserCounts) -> None:
+        """The user no longer holds its threads (its counts are replaced or dropped)."""
+        org_pk, user_pk = user
+        for thread_id, thread in counts.threads.items():
+            key = (org_pk, thread.candidate_pk, thread_id)
+            shared = self._threads.get(key)
+            if shared is not None:
+                shared.holders.pop(user_pk, None)
+                shared.loaded.discard(user_pk)
+                if not shared.holders:
+                    del self._threads[key]  # settled first: its log is empty
+
     # --- events ---------------------------------------------------------------------
 
-    def on_envelope(self, message: envelope.UnreadEnvelope, local: Iterable[UserKey]) -> None:
-        """`local`: the users in the envelope with a connection on this process."""
-        for user in local:
-            counts = self._users.get(user)
-            if message.change != envelope.UNREAD_CREATED:
-                # Thread 0: the user's access to the candidate changed. The new read is
-                # compared with the old one thread by thread.
-                item = (message.candidate_pk, message.thread_id) if message.thread_id else None
-                self.invalidate(user, item)
-            elif counts is None:
-                self.invalidate(user, (message.candidate_pk, message.thread_id))
-            elif not counts.loaded:
-                # A snapshot is pending or being read: hold the event for it.
-                counts.held.append(message)
-                self.touched.setdefault(user, set()).add((message.candidate_pk, message.thread_id))
-            else:
-                self._apply(user, counts, message)
+    def on_envelope(self, message: envelope.UnreadEnvelope, local: Set[int]) -> None:
+        """`local`: the pks of the envelope's users with a connection on this process (of
+        its org). Kept by the tracker until the next batch: the caller must not change it.
+        A new message costs set operations in C on `local`, and Python work only for its
+        users whose counts are not loaded or lack the thread (rare)."""
+        org_pk = message.org_pk
+        if message.change != envelope.UNREAD_CREATED:
+            # Thread 0: the user's access to the candidate changed. The new read is
+            # compared with the old one thread by thread.
+            item = (message.candidate_pk, message.thread_id) if message.thread_id else None
+            for user_pk in local:
+                self.invalidate((org_pk, user_pk), item)
+            return
+        shared = self._threads.get((org_pk, message.candidate_pk, message.thread_id))
+        if shared is not None and shared.loaded >= local:
+            self._record(shared, message, local)  # the usual case: one check, in C
+            return
+        ready = local & shared.loaded if shared is not None else set()
+        for user_pk in local - ready:
+            self._not_ready((org_pk, user_pk), message)
+        if ready and shared is not None:
+            self._record(shared, message, ready)
 
-    def _apply(self, user: UserKey, counts: _UserCounts, message: envelope.UnreadEnvelope) -> None:
+    def _not_ready(self, user: UserKey, message: envelope.UnreadEnvelope) -> None:
+        """A new message for a user whose counts are not loaded, or lack its thread."""
+        counts = self._users.get(user)
+        item = (message.candidate_pk, message.thread_id)
+        if counts is not None and not counts.loaded:
+            # A snapshot is pending or being read: hold the event for it.
+            counts.held.append(message)
+            self._touch(user, item)
+        else:
+            # No counts, or a thread the snapshot does not know (new to the user): count
+            # it from SQL.
+            self.invalidate(user, item)
+
+    def _record(
+        self, shared: _SharedThread, message: envelope.UnreadEnvelope, ready: Set[int]
+    ) -> None:
+        """Logs a new message once in its thread, for its loaded holders in `ready`."""
+        mid = message.message_id
+        first = mid not in shared.arrived
+        shared.arrived.add(mid)
+        if not shared.log:
+            self._unsettled.append(shared)
+        shared.log.append(_Arrival(mid, ready, first))
+
+    def _apply_held(
+        self,
+        user: UserKey,
+        counts: _UserCounts,
+        message: envelope.UnreadEnvelope,
+        counted: set[tuple[int, int]],
+    ) -> None:
+        """A message held during the read, applied to the new snapshot."""
         thread = counts.threads.get(message.thread_id)
+        item = (message.candidate_pk, message.thread_id)
         if thread is None or message.candidate_pk not in counts.candidate_ids:
             # A thread this snapshot does not know (new to the user): count it from SQL.
-            self.invalidate(user, (message.candidate_pk, message.thread_id))
+            self.invalidate(user, item)
             return
-        self.touched.setdefault(user, set()).add((message.candidate_pk, message.thread_id))
+        self._touch(user, item)
         mid = message.message_id
-        if mid <= thread.watermark or mid in thread.counted or mid <= thread.marker:
+        if mid <= thread.covered or (message.thread_id, mid) in counted:
             return
-        thread.counted.add(mid)
-        thread.unread += 1
+        counted.add((message.thread_id, mid))
+        self._count(counts, thread, 1)
+        # Remembered again (it may have been trimmed): a later copy must not count.
+        key = (user[0], thread.candidate_pk, message.thread_id)
+        self._threads[key].arrived.add(mid)
+
+    def _touch(self, user: UserKey, item: tuple[int, int]) -> None:
+        touched = self.touched.get(user)
+        if touched is None:
+            touched = self.touched[user] = set()
+        touched.add(item)
+
+    @staticmethod
+    def _count(counts: _UserCounts, thread: _ThreadCount, n: int) -> None:
+        thread.unread += n
+        counts.by_candidate[thread.candidate_pk] += n
+        counts.total += n
+
+    # --- applying the shared logs -----------------------------------------------------
+
+    def _settle(self) -> None:
+        """Applies every thread's log to the counts it was recorded for. Called before any
+        counts are replaced or dropped, so those are still the counts of the arrivals."""
+        while self._unsettled:
+            unsettled, self._unsettled = self._unsettled, []
+            for shared in unsettled:
+                self._settle_thread(shared)
+
+    def _settle_thread(self, shared: _SharedThread) -> None:
+        log, shared.log = shared.log, []
+        users, fresh = _tally(log)
+        lowest = min((a.message_id for a in log if a.first), default=0)
+        item = shared.item
+        for user_pk in users:
+            counts = shared.holders[user_pk]
+            self._touch((shared.org_pk, user_pk), item)
+            n = fresh.get(user_pk, 0)
+            if n:
+                thread = counts.threads[shared.thread_id]
+                if thread.covered >= lowest:  # some arrivals are in its snapshot or read
+                    n = _counted_above(log, user_pk, thread.covered)
+                if n:
+                    self._count(counts, thread, n)
+        if len(shared.arrived) > shared.trim_at:
+            self._trim(shared)
+
+    @staticmethod
+    def _trim(shared: _SharedThread) -> None:
+        """Forgets the ids every holder's counts already cover: they never count again."""
+        floor = min(counts.threads[shared.thread_id].covered for counts in shared.holders.values())
+        shared.arrived = {mid for mid in shared.arrived if mid > floor}
+        shared.trim_at = 2 * len(shared.arrived) + TRIM_SLACK
 
     # --- changes --------------------------------------------------------------------
 
     def take_changes(self) -> dict[UserKey, UnreadChange]:
         """What every loaded user with touched threads is to be told; those users are done."""
+        self._settle()
         out: dict[UserKey, UnreadChange] = {}
         for user, items in list(self.touched.items()):
             counts = self._users.get(user)
@@ -237,38 +423,32 @@ class UnreadTracker:
         return {user: change.frames(False) for user, change in self.take_changes().items()}
 
     def _change(self, counts: _UserCounts, items: set[tuple[int, int]]) -> UnreadChange | None:
-        by_candidate: dict[int, int] = {}
-        for count in counts.threads.values():
-            by_candidate[count.candidate_pk] = (
-                by_candidate.get(count.candidate_pk, 0) + count.unread
-            )
         threads = []
         for candidate_pk, thread_id in sorted(items):
-            thread = self._thread_unread(counts, candidate_pk, thread_id, by_candidate)
+            thread = self._thread_unread(counts, candidate_pk, thread_id)
             if thread is not None:
                 threads.append(thread)
         counts.gone.clear()
         # Only candidates of threads still seen need their ids now.
-        seen = {count.candidate_pk for count in counts.threads.values()}
-        if len(counts.candidate_ids) > len(seen):
-            counts.candidate_ids = {pk: counts.candidate_ids[pk] for pk in seen}
-        summary = self._summary(counts, by_candidate) if RESYNC in items else None
+        if len(counts.candidate_ids) > len(counts.by_candidate):
+            counts.candidate_ids = {pk: counts.candidate_ids[pk] for pk in counts.by_candidate}
+        summary = self._summary(counts) if RESYNC in items else None
         if not threads and summary is None:
             return None
-        return UnreadChange(threads, sum(by_candidate.values()), summary)
+        return UnreadChange(threads, counts.total, summary)
 
     @staticmethod
-    def _summary(counts: _UserCounts, by_candidate: dict[int, int]) -> list[tuple[str, int]]:
+    def _summary(counts: _UserCounts) -> list[tuple[str, int]]:
         """Every candidate with unread messages, by its id."""
         return [
             (counts.candidate_ids[pk], n)
-            for pk, n in sorted(by_candidate.items())
+            for pk, n in sorted(counts.by_candidate.items())
             if n and pk in counts.candidate_ids
         ]
 
     @staticmethod
     def _thread_unread(
-        counts: _UserCounts, candidate_pk: int, thread_id: int, by_candidate: dict[int, int]
+        counts: _UserCounts, candidate_pk: int, thread_id: int
     ) -> ThreadUnread | None:
         """A touched thread's counts now (0 for one the user no longer sees); None for what
         is not a thread to report (RESYNC, a thread never known to the user)."""
@@ -279,4 +459,25 @@ class UnreadTracker:
         if thread is None and counts.gone.pop(thread_id, None) != candidate_pk:
             return None
         unread = 0 if thread is None else thread.unread
-        return ThreadUnread(candidate_id, thread_id, unread, by_candidate.get(candidate_pk, 0))
+        return ThreadUnread(
+            candidate_id, thread_id, unread, counts.by_candidate.get(candidate_pk, 0)
+        )
+
+
+def _tally(log: list[_Arrival]) -> tuple[Set[int], dict[int, int]]:
+    """The users a log names, and how many first arrivals name each (counted in C)."""
+    users = log[0].users
+    if all(a.users is users or a.users == users for a in log[1:]):
+        # One audience for the whole log, the usual case: nothing to count per user.
+        firsts = sum(a.first for a in log)
+        return users, dict.fromkeys(users, firsts) if firsts else {}
+    fresh: Counter[int] = Counter()
+    for arrival in log:
+        if arrival.first:
+            fresh.update(arrival.users)
+    return set().union(*(a.users for a in log)), fresh
+
+
+def _counted_above(log: list[_Arrival], user_pk: int, covered: int) -> int:
+    """The first arrivals of the log for the user that its counts do not cover yet."""
+    return sum(1 for a in log if a.first and a.message_id > covered and user_pk in a.users)

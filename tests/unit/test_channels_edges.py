@@ -167,13 +167,13 @@ def test_a_thread_the_reader_never_saw_is_not_reported_after_the_reread() -> Non
     tracker.load(USER, [seen], token)
     # A message in a thread of the same candidate that the snapshot does not hold: its
     # counts are read again, and by then the reader no longer sees that thread.
-    tracker.on_envelope(_created(60, OTHER_THREAD), [USER])
+    tracker.on_envelope(_created(60, OTHER_THREAD), {READER})
     assert USER in tracker.stale
     token = tracker.begin_load(USER)
     tracker.load(USER, [seen], token)
     assert tracker.take_frames() == {}  # no frame about a thread the client never knew
     # A thread it does see is still reported when it moves.
-    tracker.on_envelope(_created(61, THREAD), [USER])
+    tracker.on_envelope(_created(61, THREAD), {READER})
     frames = [orjson.loads(f) for f in tracker.take_frames()[USER]]
     assert [(f["thread"], f["unread"]) for f in frames] == [(THREAD, 2)]
 

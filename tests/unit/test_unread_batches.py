@@ -8,6 +8,7 @@ and then runs one batch itself (`send_unread_batch`), with no timing involved.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import orjson
@@ -187,8 +188,8 @@ def envelopes_seen(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> list[list[UserK
     seen: list[list[UserKey]] = []
     handle = hub.unread.on_envelope
 
-    def spy(message: envelope.UnreadEnvelope, local: Iterable[UserKey]) -> None:
-        seen.append(sorted(local))
+    def spy(message: envelope.UnreadEnvelope, local: AbstractSet[int]) -> None:
+        seen.append(sorted((message.org_pk, pk) for pk in local))
         handle(message, local)
 
     monkeypatch.setattr(hub.unread, "on_envelope", spy)

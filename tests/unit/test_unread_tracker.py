@@ -45,7 +45,7 @@ def frames(tracker: UnreadTracker, batched: bool = False) -> list[dict[str, obje
 
 def feed(tracker: UnreadTracker, message: envelope.Envelope) -> None:
     assert isinstance(message, envelope.UnreadEnvelope)
-    tracker.on_envelope(message, [USER])
+    tracker.on_envelope(message, {READER})
 
 
 def test_a_new_message_counts_once_for_thread_candidate_and_total() -> None:
