@@ -72,6 +72,12 @@ class ThreadUnread(NamedTuple):
     candidate_unread: int
 
 
+# One batch's frames by what they say: viewers of the same threads with the same counts
+# (the audience of a busy candidate) share one string, encoded once, and written to each
+# of their sockets as the same bytes.
+FrameMemo = dict[tuple[object, ...], str]
+
+
 @dataclass(slots=True)
 class UnreadChange:
     """What one batch tells one user: the threads whose counts moved, the user's total and,
@@ -81,6 +87,7 @@ class UnreadChange:
     threads: list[ThreadUnread]
     total: int
     summary: list[tuple[str, int]] | None
+    memo: FrameMemo = field(default_factory=dict, repr=False)  # shared by a batch's changes
     _per_thread: list[str] | None = field(default=None, init=False, repr=False)
     _batched: list[str] | None = field(default=None, init=False, repr=False)
 
@@ -89,13 +96,29 @@ class UnreadChange:
         socket, an `unread` frame per thread, then an `unread.summary` after a resync."""
         if batched:
             if self._batched is None:
-                self._batched = [protocol.unread_batch(self.threads, self.total, self.summary)]
+                self._batched = [self._batch_frame()]
             return self._batched
         if self._per_thread is None:
-            self._per_thread = [protocol.unread(*thread, self.total) for thread in self.threads]
+            self._per_thread = [self._thread_frame(thread) for thread in self.threads]
             if self.summary is not None:
                 self._per_thread.append(protocol.unread_summary(self.summary, self.total))
         return self._per_thread
+
+    def _thread_frame(self, thread: ThreadUnread) -> str:
+        key = (thread, self.total)
+        frame = self.memo.get(key)
+        if frame is None:
+            frame = self.memo[key] = protocol.unread(*thread, self.total)
+        return frame
+
+    def _batch_frame(self) -> str:
+        if self.summary is not None:  # a resync: rare, and particular to the user
+            return protocol.unread_batch(self.threads, self.total, self.summary)
+        key = (*self.threads, self.total)
+        frame = self.memo.get(key)
+        if frame is None:
+            frame = self.memo[key] = protocol.unread_batch(self.threads, self.total, None)
+        return frame
 
 
 @dataclass(slots=True)
@@ -405,6 +428,7 @@ class UnreadTracker:
         """What every loaded user with touched threads is to be told; those users are done."""
         self._settle()
         out: dict[UserKey, UnreadChange] = {}
+        memo: FrameMemo = {}
         for user, items in list(self.touched.items()):
             counts = self._users.get(user)
             if counts is None:  # pragma: no cover - forget() drops counts and touched together
@@ -413,7 +437,7 @@ class UnreadTracker:
             if not counts.loaded:
                 continue
             del self.touched[user]
-            change = self._change(counts, items)
+            change = self._change(counts, items, memo)
             if change is not None:
                 out[user] = change
         return out
@@ -422,7 +446,9 @@ class UnreadTracker:
         """`take_changes` as protocol 1 frames, by user."""
         return {user: change.frames(False) for user, change in self.take_changes().items()}
 
-    def _change(self, counts: _UserCounts, items: set[tuple[int, int]]) -> UnreadChange | None:
+    def _change(
+        self, counts: _UserCounts, items: set[tuple[int, int]], memo: FrameMemo
+    ) -> UnreadChange | None:
         threads = []
         for candidate_pk, thread_id in sorted(items):
             thread = self._thread_unread(counts, candidate_pk, thread_id)
@@ -435,7 +461,7 @@ class UnreadTracker:
         summary = self._summary(counts) if RESYNC in items else None
         if not threads and summary is None:
             return None
-        return UnreadChange(threads, counts.total, summary)
+        return UnreadChange(threads, counts.total, summary, memo)
 
     @staticmethod
     def _summary(counts: _UserCounts) -> list[tuple[str, int]]:

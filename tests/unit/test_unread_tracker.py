@@ -334,3 +334,26 @@ def test_counts_match_the_truth_whatever_the_order(
         tracker.load(USER, [read_snapshot()], token)
         final = frames(tracker)[-1]["unread"]
     assert final == truth
+
+
+def test_viewers_with_the_same_counts_share_one_frame_per_batch() -> None:
+    """The audience of a busy candidate is told the same thing: one string for all of them
+    (encoded once, written to each socket as the same bytes); a viewer whose counts differ
+    gets its own."""
+    tracker = UnreadTracker()
+    others = (OTHER, OTHER + 1)
+    for reader, unread in ((READER, 0), (others[0], 0), (others[1], 5)):
+        token = tracker.begin_load((ORG, reader))
+        tracker.load((ORG, reader), [snapshot(unread=unread, watermark=50)], token)
+    tracker.on_envelope(
+        envelope.UnreadEnvelope(
+            ORG, CAND, THREAD, frozenset({READER, *others}), envelope.UNREAD_CREATED, 51
+        ),
+        {READER, *others},
+    )
+    changes = tracker.take_changes()
+    same, twin, apart = (changes[(ORG, user)] for user in (READER, *others))
+    for batched in (False, True):
+        assert same.frames(batched)[0] is twin.frames(batched)[0]
+        assert apart.frames(batched)[0] != same.frames(batched)[0]
+    assert orjson.loads(apart.frames(False)[0])["unread"] == 6
