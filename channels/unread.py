@@ -105,7 +105,7 @@ class UnreadChange:
         return self._per_thread
 
     def _thread_frame(self, thread: ThreadUnread) -> str:
-        key = (thread, self.total)
+        key = ("unread", thread, self.total)
         frame = self.memo.get(key)
         if frame is None:
             frame = self.memo[key] = protocol.unread(*thread, self.total)
@@ -114,7 +114,7 @@ class UnreadChange:
     def _batch_frame(self) -> str:
         if self.summary is not None:  # a resync: rare, and particular to the user
             return protocol.unread_batch(self.threads, self.total, self.summary)
-        key = (*self.threads, self.total)
+        key = ("unread.batch", self.total, *self.threads)
         frame = self.memo.get(key)
         if frame is None:
             frame = self.memo[key] = protocol.unread_batch(self.threads, self.total, None)

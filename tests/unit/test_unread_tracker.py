@@ -353,7 +353,9 @@ def test_viewers_with_the_same_counts_share_one_frame_per_batch() -> None:
     )
     changes = tracker.take_changes()
     same, twin, apart = (changes[(ORG, user)] for user in (READER, *others))
-    for batched in (False, True):
+    for batched, kind in ((False, "unread"), (True, "unread.batch")):
         assert same.frames(batched)[0] is twin.frames(batched)[0]
         assert apart.frames(batched)[0] != same.frames(batched)[0]
+        # Each protocol its own frame, whichever was asked for first.
+        assert orjson.loads(twin.frames(batched)[0])["type"] == kind
     assert orjson.loads(apart.frames(False)[0])["unread"] == 6
