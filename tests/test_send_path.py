@@ -9,14 +9,14 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from channels.backends import create_presence
 from server.domain import actions, posting
 from server.domain.actions import Messaging, OpenThreadRequest
-from server.domain.alerting import AlertDerivation
+from server.domain.alerting import ADVISORY_LOCK_KEY, AlertDerivation
 from server.domain.errors import NotFound
 from server.domain.events import CandidateEvent, DiscardingSink, DomainEvent
 from server.domain.facts import Principal, load_principal
@@ -276,11 +276,32 @@ async def test_concurrent_workers_decide_each_alert_once(db: Database) -> None:
     for n in range(30):
         await messaging.send(ann, thread, f"message {n}", None)
     workers = [AlertDerivation(db, create_presence("memory://"), 60.0, batch=7) for _ in range(4)]
-    decided = await asyncio.gather(*(w.run_all() for w in workers))
-    # Every event decided by exactly one worker (the others skip while one holds the lock;
-    # a worker that skipped may stop early, so finish whatever is left).
-    rest = await workers[0].run_all()
-    assert sum(decided) + rest == 30
+    # Workers' rounds skip while another decides; deciding "all now" waits for it instead.
+    decided = await asyncio.gather(
+        *(w.run_once() for w in workers), *(w.run_all() for w in workers)
+    )
+    assert sum(decided) == 30  # every event decided by exactly one of them
     async with db.read() as session:
         rows = (await session.execute(select(EmailOutbox.user_pk, EmailOutbox.status))).all()
     assert len(rows) == 1  # mia, the coordinator: one alert for the burst
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_deciding_all_now_waits_for_a_worker_in_the_middle_of_deciding(
+    db: Database,
+) -> None:
+    """Else what a worker is deciding could be queued after the caller moved on (a test that
+    makes every alert due at once would miss the worker's rows)."""
+    await provision(db)
+    messaging = Messaging(db, RecordingSink())
+    thread = await agency_thread(db, messaging)
+    ann = await principal(db, "ann")
+    for n in range(3):
+        await messaging.send(ann, thread, f"message {n}", None)
+    async with db.write() as session:  # a worker holding the lock, mid-decision
+        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+        waiting = asyncio.create_task(derivation(db).run_all())
+        assert await derivation(db).run_once() == 0  # a worker's round skips meanwhile
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+    assert await asyncio.wait_for(waiting, 10) == 3

@@ -68,6 +68,7 @@ _DECIDED = (
     .values(alerts_pending=False)
 )
 _TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
+_LOCK = text("SELECT pg_advisory_xact_lock(:key) IS NULL")  # waits; the function is void
 
 
 @dataclass(slots=True)
@@ -104,13 +105,13 @@ class AlertDerivation:
         self.batch = batch
         self.count = count
 
-    async def run_once(self) -> int:
-        """Decides one batch of pending events; returns how many were decided."""
+    async def run_once(self, *, wait: bool = False) -> int:
+        """Decides one batch of pending events; returns how many were decided. While another
+        process is deciding, returns 0 at once, or with `wait` waits for it to finish (and
+        then decides what is left)."""
         async with self.db.write() as session:
             conn = await session.connection()
-            if self.db.dialect == "postgresql" and not await conn.scalar(
-                _TRY_LOCK, {"key": ADVISORY_LOCK_KEY}
-            ):
+            if self.db.dialect == "postgresql" and not await self._lock(conn, wait):
                 return 0  # another process is deciding them now
             rows = (await conn.execute(_PENDING, {"n": self.batch})).all()
             if not rows:
@@ -126,11 +127,19 @@ class AlertDerivation:
         return await self.run_once() >= self.batch
 
     async def run_all(self) -> int:
-        """Decides every pending event (a backlog, or a test that wants them now)."""
+        """Decides every pending event, waiting for another process that is deciding some
+        (a test, or a tool, that needs every alert decided now)."""
         total = 0
-        while decided := await self.run_once():
+        while decided := await self.run_once(wait=True):
             total += decided
         return total
+
+    @staticmethod
+    async def _lock(conn: AsyncConnection, wait: bool) -> bool:
+        if wait:
+            await conn.execute(_LOCK, {"key": ADVISORY_LOCK_KEY})
+            return True
+        return bool(await conn.scalar(_TRY_LOCK, {"key": ADVISORY_LOCK_KEY}))
 
     async def _decide(self, conn: AsyncConnection, rows: Sequence[Any]) -> _Batch:
         accesses = await facts.accesses_of(
