@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, select, text, tuple_, update
@@ -72,18 +72,8 @@ _LOCK = text("SELECT pg_advisory_xact_lock(:key) IS NULL")  # waits; the functio
 
 
 @dataclass(slots=True)
-class _Alert:
-    org_pk: int
-    candidate_pk: int
-    thread_id: int
-    user_pk: int
-    first_message_id: int
-    due_at: datetime
-
-
-@dataclass(slots=True)
 class _Batch:
-    alerts: dict[tuple[int, int], _Alert] = field(default_factory=dict)  # (user, thread)
+    alerts: dict[tuple[int, int], outbox.Pending] = field(default_factory=dict)  # (user, thread)
     new_posters: set[tuple[int, int]] = field(default_factory=set)  # (thread, user)
 
 
@@ -149,7 +139,7 @@ class AlertDerivation:
         for thread_id, user_pk in await conn.execute(_POSTERS, {"ts": sorted(posters)}):
             posters[thread_id].add(user_pk)
         batch = _Batch()
-        wanted: list[_Alert] = []
+        wanted: list[outbox.Pending] = []
         for r in rows:  # in seq order per candidate: posters grow as the thread did
             thread_posters = posters[r.thread_id]
             if r.author_pk not in thread_posters:
@@ -161,13 +151,13 @@ class AlertDerivation:
             access = accesses[r.candidate_pk]
             for user_pk in rules.alert_recipients(access, ref, thread_posters, r.author_pk):
                 wanted.append(
-                    _Alert(
-                        r.org_pk,
-                        r.candidate_pk,
-                        r.thread_id,
-                        user_pk,
-                        r.message_id,
-                        r.created_at + self.delay,
+                    outbox.Pending(
+                        org_pk=r.org_pk,
+                        candidate_pk=r.candidate_pk,
+                        thread_id=r.thread_id,
+                        user_pk=user_pk,
+                        first_message_id=r.message_id,
+                        due_at=r.created_at + self.delay,
                     )
                 )
         if not wanted:
@@ -201,17 +191,4 @@ class AlertDerivation:
                 ),
                 [{"thread_id": t, "user_pk": u} for t, u in sorted(batch.new_posters)],
             )
-        await outbox.enqueue_many(
-            conn,
-            [
-                outbox.Pending(
-                    org_pk=a.org_pk,
-                    candidate_pk=a.candidate_pk,
-                    thread_id=a.thread_id,
-                    user_pk=a.user_pk,
-                    first_message_id=a.first_message_id,
-                    due_at=a.due_at,
-                )
-                for a in batch.alerts.values()
-            ],
-        )
+        await outbox.enqueue_many(conn, batch.alerts.values())
