@@ -314,7 +314,19 @@ async def _writer(ws: WebSocket, conn: Connection) -> None:
 
 async def _reader(ws: WebSocket, conn: Connection, s: Services, socket: _Socket) -> None:
     """Reads and answers frames until the connection is closed, by the client or from
-    elsewhere (`_Socket.wake` ends the wait)."""
+    elsewhere (`_Socket.wake` ends the wait). Protocol 1 carries out one op at a time and
+    answers in order; protocol 2 keeps several in flight (`_Pipeline`)."""
+    pipeline = _Pipeline(conn, s) if conn.unread_batches else None
+    try:
+        await _read_frames(ws, conn, s, socket, pipeline)
+    finally:
+        if pipeline is not None:
+            await pipeline.finish(IN_FLIGHT_GRACE_SECONDS)
+
+
+async def _read_frames(
+    ws: WebSocket, conn: Connection, s: Services, socket: _Socket, pipeline: _Pipeline | None
+) -> None:
     while conn.close_code is None:
         try:
             async with asyncio.timeout(conn.limits.idle_timeout_seconds) as socket.deadline:
@@ -337,6 +349,11 @@ async def _reader(ws: WebSocket, conn: Connection, s: Services, socket: _Socket)
         ):
             conn.close(CLOSE_TOO_BIG, f"The frame is over {MAX_FRAME_BYTES // 1024} KiB.")
             return
+        if pipeline is not None:
+            parsed = _parse(text, conn)
+            if parsed is not None:
+                await pipeline.start(*parsed)
+            continue
         conn.busy = True
         try:
             async with asyncio.timeout(None) as socket.deadline:
@@ -349,6 +366,13 @@ async def _reader(ws: WebSocket, conn: Connection, s: Services, socket: _Socket)
 
 
 async def _handle(text: str, conn: Connection, s: Services) -> None:
+    parsed = _parse(text, conn)
+    if parsed is not None:
+        await _run(*parsed, conn, s)
+
+
+def _parse(text: str, conn: Connection) -> tuple[ClientFrame, Any] | None:
+    """The frame and its ref; None once an error frame has answered it."""
     ref: Any = None
     try:
         raw = orjson.loads(text)
@@ -356,12 +380,20 @@ async def _handle(text: str, conn: Connection, s: Services) -> None:
             raise InvalidInput("A frame must be a JSON object with an op.")
         ref = protocol.echoable_ref(raw.get("ref"))
         try:
-            frame = protocol.parse_client_frame(raw)
+            return protocol.parse_client_frame(raw), ref
         except ValidationError as error:
             raise InvalidInput(describe_validation(error, whole="frame")) from None
-        conn.send(await _apply(frame, conn, s))
     except orjson.JSONDecodeError:
         conn.send(_error(None, InvalidInput("The frame is not valid JSON.")))
+    except AppError as error:
+        conn.send(_error(ref, error))
+    return None
+
+
+async def _run(frame: ClientFrame, ref: Any, conn: Connection, s: Services) -> None:
+    """Carries out one op and sends its answer: its ack, or an error frame."""
+    try:
+        conn.send(await _apply(frame, conn, s))
     except AppError as error:
         conn.send(_error(ref, error))
     except UNAVAILABLE_ERRORS:
@@ -370,6 +402,72 @@ async def _handle(text: str, conn: Connection, s: Services) -> None:
         log.exception("An op failed unexpectedly.")
         conn.send(_error(ref, AppError("The server failed to carry out this op.")))
         conn.close(CLOSE_INTERNAL_ERROR, "Internal error.")
+
+
+# --- protocol 2: several ops in flight ----------------------------------------------------
+
+# Ops of one socket carried out at once, at most; the reader waits for a slot beyond.
+MAX_OPS_IN_FLIGHT = 16
+
+
+def _lane(frame: ClientFrame) -> object | None:
+    """Ops of one lane run one after another, in the order they came: sends and reads of a
+    thread, and (all together) a socket's subscribes and unsubscribes. None: at once."""
+    if isinstance(frame, Send | Read):
+        return ("thread", frame.thread)
+    if isinstance(frame, Delete):
+        return ("message", frame.message)
+    if isinstance(frame, Ping):
+        return None
+    return "subscriptions"
+
+
+class _Pipeline:
+    """A protocol 2 socket's ops in flight: each runs as soon as its lane is free, so a slow
+    op (a resume of many candidates, say) holds back neither the pings nor the sends of
+    other threads. Answers may then come in another order than the frames: the client
+    matches them by `ref`. The reader itself is never busy: once the socket closes it stops
+    at once, and `finish` gives the ops in flight their grace."""
+
+    __slots__ = ("conn", "lanes", "running", "s", "slots")
+
+    def __init__(self, conn: Connection, s: Services) -> None:
+        self.conn, self.s = conn, s
+        self.lanes: dict[object, asyncio.Task[None]] = {}
+        self.running: set[asyncio.Task[None]] = set()
+        self.slots = asyncio.Semaphore(MAX_OPS_IN_FLIGHT)
+
+    async def start(self, frame: ClientFrame, ref: Any) -> None:
+        if isinstance(frame, Ping):
+            self.conn.send(protocol.pong(frame.ref))
+            return
+        await self.slots.acquire()
+        lane = _lane(frame)
+        before = self.lanes.get(lane)
+        task = asyncio.create_task(self._after(before, frame, ref), name="ws-op")
+        self.lanes[lane] = task
+        self.running.add(task)
+        task.add_done_callback(lambda done: self._done(lane, done))
+
+    async def _after(self, before: asyncio.Task[None] | None, frame: ClientFrame, ref: Any) -> None:
+        if before is not None:
+            await asyncio.wait({before})  # its outcome is its own answer's business
+        await _run(frame, ref, self.conn, self.s)
+
+    def _done(self, lane: object, task: asyncio.Task[None]) -> None:
+        self.running.discard(task)
+        if self.lanes.get(lane) is task:
+            del self.lanes[lane]
+        self.slots.release()
+
+    async def finish(self, grace: float) -> None:
+        """Once the socket is done: ops in flight finish within `grace` (the client resumes
+        and finds what they did, or retries with its client_id), the rest are cancelled."""
+        if self.running:
+            await asyncio.wait(set(self.running), timeout=grace)
+        for task in list(self.running):
+            task.cancel()
+        await asyncio.gather(*self.running, return_exceptions=True)
 
 
 async def _apply(frame: ClientFrame, conn: Connection, s: Services) -> str:
