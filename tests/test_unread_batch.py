@@ -25,11 +25,19 @@ def counts_in(frame: dict[str, Any]) -> Counts:
 
 
 async def counts_reach(client: WsClient, kind: str, expected: Counts) -> None:
-    """Reads `kind` frames until the latest counts of each expected thread are `expected`
-    (batching may fold any number of the changes into one frame)."""
+    """Reads `kind` frames until the latest counts of each expected thread, with the newest
+    total, are `expected` (batching may fold any number of the changes into one frame, or
+    split them over several: a thread that did not move is not in the later ones)."""
     latest: Counts = {}
-    while {t: latest.get(t) for t in expected} != expected:
-        latest |= counts_in(await client.next_event(timeout=10, type=kind))
+    total = None
+
+    def now() -> Counts:
+        return {t: (c[0], c[1], c[2], total) for t, c in latest.items() if t in expected}
+
+    while now() != expected:
+        frame = await client.next_event(timeout=10, type=kind)
+        latest |= counts_in(frame)
+        total = frame["total_unread"]
 
 
 def unread_kinds(client: WsClient) -> set[str]:
