@@ -442,10 +442,6 @@ class UnreadTracker:
                 out[user] = change
         return out
 
-    def take_frames(self) -> dict[UserKey, list[str]]:
-        """`take_changes` as protocol 1 frames, by user."""
-        return {user: change.frames(False) for user, change in self.take_changes().items()}
-
     def _change(
         self, counts: _UserCounts, items: set[tuple[int, int]], memo: FrameMemo
     ) -> UnreadChange | None:

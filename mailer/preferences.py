@@ -72,16 +72,8 @@ async def unsubscribe_target(
 
 
 async def is_muted(session: AsyncSession, user_pk: int, candidate_pk: int) -> bool:
-    return bool(await muted_among(session, [user_pk], candidate_pk))
-
-
-async def muted_among(
-    session: AsyncSession | AsyncConnection, user_pks: Iterable[int], candidate_pk: int
-) -> set[int]:
-    wanted = sorted(set(user_pks))
-    if not wanted:
-        return set()
-    return set(await session.scalars(_MUTED, {"users": wanted, "c": candidate_pk}))
+    pair = (user_pk, candidate_pk)
+    return pair in await muted_pairs(await session.connection(), [pair])
 
 
 async def muted_pairs(
@@ -113,15 +105,6 @@ _MUTED_PAIRS: CompoundSelect[Any] = union(
     select(EmailMute.user_pk, EmailMute.candidate_pk).where(
         EmailMute.user_pk.in_(bindparam("users", expanding=True)),
         EmailMute.candidate_pk.in_(bindparam("candidates", expanding=True)),
-    ),
-)
-_MUTED = union(
-    select(User.pk).where(
-        User.pk.in_(bindparam("users", expanding=True)), User.email_muted.is_(True)
-    ),
-    select(EmailMute.user_pk).where(
-        EmailMute.user_pk.in_(bindparam("users", expanding=True)),
-        EmailMute.candidate_pk == bindparam("c"),
     ),
 )
 

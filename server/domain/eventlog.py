@@ -109,8 +109,9 @@ class SqlEventSource:
         self, candidate_pks: list[int], after: dict[int, int], limit: int
     ) -> LogReads:
         """The last seqs of `candidate_pks` and each candidate's first `limit` events after
-        its `after`, in one transaction of two statements. The events are for replays only
-        (the replayed user's rule decides, not an audience)."""
+        its `after`, in two statements, the seqs first: an event committed between them is
+        replayed, and its live copy, no newer than what was replayed, is skipped. The events
+        are for replays only (the replayed user's rule decides, not an audience)."""
         async with self.db.read() as session:
             seqs = await session.execute(
                 select(Candidate.pk, Candidate.last_seq).where(Candidate.pk.in_(candidate_pks))

@@ -73,17 +73,6 @@ async def candidate_row_by_pk(
     return (await session.execute(query)).scalar_one_or_none()
 
 
-# Both lists in one round trip, built once: this runs on every read and write of a candidate.
-_ACCESS = union_all(
-    select(literal(True), CandidateMember.user_pk).where(
-        CandidateMember.candidate_pk == bindparam("c")
-    ),
-    select(literal(False), CandidateAgencyUser.user_pk).where(
-        CandidateAgencyUser.candidate_pk == bindparam("c")
-    ),
-)
-
-
 async def candidate_access(session: AsyncSession, candidate: Candidate) -> CandidateAccess:
     return await access_of(session, candidate.pk, candidate.org_pk, candidate.coordinator_pk)
 
@@ -91,20 +80,10 @@ async def candidate_access(session: AsyncSession, candidate: Candidate) -> Candi
 async def access_of(
     db: AsyncSession | AsyncConnection, candidate_pk: int, org_pk: int, coordinator_pk: int | None
 ) -> CandidateAccess:
-    rows = await db.execute(_ACCESS, {"c": candidate_pk})
-    members: set[int] = set()
-    agency_users: set[int] = set()
-    for is_member, user_pk in rows:
-        (members if is_member else agency_users).add(user_pk)
-    return CandidateAccess(
-        pk=candidate_pk,
-        org_pk=org_pk,
-        coordinator_pk=coordinator_pk,
-        member_pks=frozenset(members),
-        agency_user_pks=frozenset(agency_users),
-    )
+    return (await accesses_of(db, {candidate_pk: (org_pk, coordinator_pk)}))[candidate_pk]
 
 
+# Both lists in one round trip, built once: this runs on every write of a candidate.
 _ACCESS_OF_MANY = union_all(
     select(CandidateMember.candidate_pk, literal(True), CandidateMember.user_pk).where(
         CandidateMember.candidate_pk.in_(bindparam("cs", expanding=True))
