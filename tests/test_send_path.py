@@ -17,11 +17,13 @@ from channels.backends import create_presence
 from server.domain import actions, posting
 from server.domain.actions import Messaging, OpenThreadRequest
 from server.domain.alerting import ADVISORY_LOCK_KEY, AlertDerivation
-from server.domain.errors import NotFound
+from server.domain.errors import NotFound, Unavailable
 from server.domain.events import CandidateEvent, DiscardingSink, DomainEvent
-from server.domain.facts import Principal, load_principal
+from server.domain.facts import Principal, Target, load_principal
 from server.domain.posting import NewMessage, Posted
 from server.domain.provisioning import CandidateSpec, Provisioning, UserSpec
+from server.domain.rules import Actor, CandidateAccess, ThreadRef
+from server.domain.targets import TargetCache
 from storage.database import Database
 from storage.models import EmailOutbox, Event, Message, ThreadPoster
 
@@ -305,3 +307,43 @@ async def test_deciding_all_now_waits_for_a_worker_in_the_middle_of_deciding(
         await asyncio.sleep(0.2)
         assert not waiting.done()
     assert await asyncio.wait_for(waiting, 10) == 3
+
+
+async def test_a_send_whose_access_keeps_moving_gives_up_with_503(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every attempt found the access moved (a storm of changes): after a few, the client
+    is told to try again, and nothing was written."""
+    await provision(db)
+    messaging = Messaging(db, RecordingSink())
+    thread = await agency_thread(db, messaging)
+    ann = await principal(db, "ann")
+    attempts = 0
+
+    async def always_moved(conn: AsyncConnection, new: NewMessage) -> Posted | None:
+        nonlocal attempts
+        attempts += 1
+        return None
+
+    monkeypatch.setattr(actions, "post_message", always_moved)
+    with pytest.raises(Unavailable):
+        await messaging.send(ann, thread, "never", None)
+    assert attempts == actions.SEND_ATTEMPTS and await count(db, Message) == 0
+
+
+def test_kept_threads_and_candidates_are_bounded_least_recently_used_first() -> None:
+    cache = TargetCache(max_threads=2, max_candidates=2)
+    actor = Actor(1, 1, "member")
+
+    def target(thread_id: int, candidate_pk: int) -> Target:
+        ref = ThreadRef(thread_id, candidate_pk, "agency", 9, None)
+        access = CandidateAccess(candidate_pk, 1, None, frozenset({1}), frozenset({9}))
+        return Target(ref, access, f"c{candidate_pk}", 0)
+
+    for thread_id, candidate_pk in ((1, 10), (2, 20)):
+        cache.put(target(thread_id, candidate_pk))
+    assert cache.get(actor, 1) is not None  # now the most recently used
+    cache.put(target(3, 30))  # one thread and one candidate too many: 2 and 20 go
+    assert cache.get(actor, 2) is None
+    assert cache.get(actor, 1) is not None and cache.get(actor, 3) is not None
+    assert cache.get(Actor(1, 2, "member"), 1) is None  # nothing crosses orgs

@@ -64,12 +64,8 @@ async def candidate_row(
     return (await session.execute(query)).scalar_one_or_none()
 
 
-async def candidate_row_by_pk(
-    session: AsyncSession, candidate_pk: int, *, lock: bool = False
-) -> Candidate | None:
+async def candidate_row_by_pk(session: AsyncSession, candidate_pk: int) -> Candidate | None:
     query = select(Candidate).where(Candidate.pk == candidate_pk)
-    if lock:
-        query = query.with_for_update()
     return (await session.execute(query)).scalar_one_or_none()
 
 

@@ -76,6 +76,3 @@ class TargetCache:
         target = await facts.thread_target(conn, actor, thread_id)
         self.put(target)
         return target
-
-    def __len__(self) -> int:
-        return len(self._threads)
