@@ -94,8 +94,6 @@ async def accesses_of(
     db: AsyncSession | AsyncConnection, candidates: dict[int, tuple[int, int | None]]
 ) -> dict[int, CandidateAccess]:
     """The access of many candidates (pk -> (org_pk, coordinator_pk)) in one statement."""
-    if not candidates:
-        return {}
     members: dict[int, set[int]] = {pk: set() for pk in candidates}
     agency_users: dict[int, set[int]] = {pk: set() for pk in candidates}
     for candidate_pk, is_member, user_pk in await db.execute(
