@@ -7,8 +7,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from string import Formatter
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from channels.backends import BROKERS
 from storage.database import default_sqlite_url
@@ -99,6 +100,38 @@ def _networks(raw: str) -> tuple[IPNetwork, ...]:
 
 
 _GUARD = GuardLimits()
+DEFAULT_LINK_PATH = "/candidates/{candidate}?thread={thread}&message={message}"
+_LINK_FIELDS = {"candidate", "thread", "message"}
+
+
+def _link_template(raw: str) -> str:
+    """`AM_LINK_TEMPLATE`, checked: an http(s) URL whose only fields are the three known."""
+    raw = raw.strip()
+    if not raw:
+        return ""
+    try:
+        names = {name for _, name, _, _ in Formatter().parse(raw) if name is not None}
+        raw.format(candidate="c", thread=1, message=1)
+    except (ValueError, IndexError, KeyError):
+        names = {"?"}
+    parts = urlsplit(raw)
+    if names - _LINK_FIELDS or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(
+            "AM_LINK_TEMPLATE must be an http(s) URL whose only fields are {candidate}, "
+            f"{{thread}} and {{message}}, not {raw!r}."
+        )
+    return raw
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0, not {raw!r}.")
 
 
 @dataclass(frozen=True)
@@ -122,6 +155,10 @@ class Settings:
     max_handshakes_per_address: int = _GUARD.max_handshakes_per_address
     max_sockets_per_address: int = _GUARD.max_sockets_per_address
     trusted_proxies: tuple[IPNetwork, ...] = _GUARD.trusted_proxies
+    # Where links in emails point; "" means this server's own candidate page.
+    link_template: str = ""
+    # Serve the demo host pages and login links (`make run`).
+    demo: bool = False
     var_dir: Path = Path("var")
     web_dir: Path = Path(__file__).resolve().parent.parent / "web"
 
@@ -135,6 +172,11 @@ class Settings:
             return self.email_from
         host = urlsplit(self.public_url).hostname or "localhost"
         return f"Agency Messaging <alerts@{host}>"
+
+    def link(self, candidate: str, thread: int, message: int) -> str:
+        """The link that opens `message` in `thread` of `candidate`, by `AM_LINK_TEMPLATE`."""
+        template = self.link_template or f"{self.public_url}{DEFAULT_LINK_PATH}"
+        return template.format(candidate=quote(candidate, safe=""), thread=thread, message=message)
 
     @property
     def guard_limits(self) -> GuardLimits:
@@ -200,6 +242,8 @@ class Settings:
             ),
             run_email_worker=env.get("AM_EMAIL_WORKER", "1").strip().lower()
             not in ("0", "false", "no"),
+            link_template=_link_template(env.get("AM_LINK_TEMPLATE", "")),
+            demo=_flag(env, "AM_DEMO", False),
             var_dir=var_dir,
             handshake_timeout_seconds=handshake_timeout,
             max_pending_handshakes=_int(

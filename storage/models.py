@@ -98,6 +98,8 @@ class User(Base):
     )
     # The user muted email alerts for every candidate (per-candidate mutes: EmailMute).
     email_muted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # An IANA zone name ("Europe/Paris"): the times in the user's emails are shown in it.
+    time_zone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
 
 
 # Ids of rows that can be erased never come back on SQLite (AUTOINCREMENT): a client, a
@@ -312,3 +314,23 @@ class EmailOutbox(Base):
     last_error: Mapped[str | None] = mapped_column(String(500), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class AuditRecord(Base):
+    """Who did what, kept for the host ATS (`GET /api/v1/orgs/{org}/audit`).
+
+    Subjects are kept as host ids and numbers, not foreign keys: the record outlives the
+    message text, the candidate and the person it names. Its `action` is one of
+    `message.deleted` (by `actor_id`, the author) or `user.erased` (by the host ATS)."""
+
+    __tablename__ = "audit_records"
+    __table_args__ = (Index("ix_audit_records_org", "org_pk", "id"), _NEVER_REUSE_IDS)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    org_pk: Mapped[int] = mapped_column(ForeignKey("orgs.pk", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    action: Mapped[str] = mapped_column(String(32))
+    actor_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # None: the host
+    user_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    candidate_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    thread_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    message_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

@@ -37,6 +37,7 @@ class UserSpec:
     email: str
     kind: str
     agency: str | None
+    time_zone: str = "UTC"  # an IANA zone name, checked at the edge
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +115,9 @@ class Provisioning:
                     "a user's kind cannot change once provisioned."
                 )
             user.name, user.email, user.agency_pk = spec.name, spec.email, agency_pk
+            user.time_zone = spec.time_zone
             body: Json = views.user_ref(user_id, spec.name, spec.kind)
-            body |= {"email": spec.email, "agency": spec.agency}
+            body |= {"email": spec.email, "agency": spec.agency, "time_zone": spec.time_zone}
         return body, created
 
     async def put_candidate(

@@ -37,7 +37,7 @@ async def put_agency(request: Request) -> Response:
 async def put_user(request: Request) -> Response:
     org, user = _ids(request, "org", "user")
     body = await read_json(request, UserIn)
-    spec = UserSpec(body.name, body.email, body.kind, body.agency)
+    spec = UserSpec(body.name, body.email, body.kind, body.agency, body.time_zone)
     return _upserted(*await services(request).provisioning.put_user(org, user, spec))
 
 

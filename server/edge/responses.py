@@ -161,6 +161,7 @@ class ProvisionedUser(Output):
     kind: UserKind
     email: Email
     agency: HostId | None
+    time_zone: str
 
 
 class ProvisionedCandidate(Output):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -51,7 +52,17 @@ def _email(value: str) -> str:
     return value
 
 
+def _time_zone(value: str) -> str:
+    value = value.strip()
+    try:
+        ZoneInfo(value)
+    except (ValueError, ZoneInfoNotFoundError):
+        raise ValueError("must be an IANA time zone name, like Europe/Paris or UTC") from None
+    return value
+
+
 Name = Annotated[StrictStr, Field(max_length=200), AfterValidator(_name)]
+TimeZone = Annotated[StrictStr, Field(max_length=64), AfterValidator(_time_zone)]
 Email = Annotated[StrictStr, Field(max_length=254), AfterValidator(_email)]
 
 
@@ -72,6 +83,7 @@ class UserIn(Input):
     email: Email
     kind: Literal["member", "agency"]
     agency: HostId | None = None
+    time_zone: TimeZone = "UTC"
 
 
 class CandidateIn(Input):
