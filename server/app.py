@@ -18,9 +18,9 @@ from channels.interfaces import Presence
 from mailer.transport import Transport, create_transport
 from mailer.worker import AlertWorker, WorkerOptions
 from server.domain.actions import Messaging
+from server.domain.alert_access import AlertAccess
 from server.domain.alerting import AlertDerivation
 from server.domain.eventlog import SqlEventSource, prune_events
-from server.domain.facts import AlertAccess
 from server.domain.fanout import BrokerSink
 from server.domain.provisioning import Provisioning
 from server.domain.ratelimit import SendRateLimiter

@@ -40,7 +40,7 @@ from mailer import outbox
 from mailer.transport import SmtpTransport
 from mailer.worker import AlertWorker, WorkerOptions
 from server.app import create_app
-from server.domain.facts import AlertAccess
+from server.domain.alert_access import AlertAccess
 from server.edge.services import Services
 from server.settings import Settings
 from storage.models import EmailOutbox, User, utcnow

@@ -8,7 +8,6 @@ from typing import Any
 from sqlalchemy import bindparam, func, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from mailer.compose import AlertLine
 from server.domain import rules, views
 from server.domain.errors import NotFound
 from server.domain.rules import PRIVATE_THREAD, Actor, CandidateAccess, ThreadRef
@@ -254,23 +253,3 @@ async def thread_target(
     if not rules.can_see_thread(actor, access, ref):
         raise NotFound(missing)
     return Target(ref, access, row.ext_id, row.access_version)
-
-
-class AlertAccess:
-    """The domain's answers to the alert worker (`mailer.worker.ThreadAccess`)."""
-
-    async def sees_thread(
-        self, session: AsyncSession, user: User, candidate: Candidate, thread: Thread
-    ) -> bool:
-        actor = rules.Actor(user.pk, user.org_pk, user.kind)
-        access = await candidate_access(session, candidate)
-        return rules.can_see_thread(actor, access, thread_ref(thread))
-
-    def is_private(self, thread: Thread) -> bool:
-        return thread.kind == rules.PRIVATE_THREAD
-
-    async def unread_lines(
-        self, session: AsyncSession, user: User, thread: Thread, from_id: int
-    ) -> list[AlertLine]:
-        unread = await views.unread_messages(session, user.pk, thread.id, from_id=from_id)
-        return [AlertLine(m.author_name, m.body, m.created_at) for m in unread]

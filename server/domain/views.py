@@ -197,7 +197,7 @@ def thread_visible(actor: Actor) -> ColumnElement[bool]:
 # --- unread -----------------------------------------------------------------------------
 
 
-def _unread_conditions(user_pk: int) -> list[ColumnElement[bool]]:
+def unread_conditions(user_pk: int) -> list[ColumnElement[bool]]:
     """What "unread" means, in the one place it is written (with the thread and the
     user's marker joined): after the marker, by someone else, not deleted."""
     return [
@@ -215,7 +215,7 @@ def _unread_columns(user_pk: int) -> tuple[Select[Any], Any, Any]:
     messages, never the whole history. Threads with nothing after the marker are skipped
     by `last_message_id` without touching `messages`.
     """
-    conditions = _unread_conditions(user_pk)
+    conditions = unread_conditions(user_pk)
     count = select(func.count()).where(*conditions).correlate(Thread, ReadMarker).scalar_subquery()
     newest = (
         # "+ 0" keeps PostgreSQL from answering max() by walking the primary key backwards
@@ -272,7 +272,7 @@ def _unread_snapshot_query(kind: str) -> Select[Any]:
     last = func.coalesce(Thread.last_message_id, literal(0))
     count = (
         select(func.count())
-        .where(*_unread_conditions(actor.pk), Message.id <= Thread.last_message_id)
+        .where(*unread_conditions(actor.pk), Message.id <= Thread.last_message_id)
         .correlate(Thread, ReadMarker)
         .scalar_subquery()
     )
@@ -309,38 +309,6 @@ async def unread_snapshot(
 
 async def thread_unread(session: AsyncSession, user_pk: int, thread_id: int) -> int:
     return (await unread_by_thread(session, user_pk, [thread_id])).get(thread_id, 0)
-
-
-@dataclass(frozen=True, slots=True)
-class UnreadMessage:
-    id: int
-    body: str
-    created_at: datetime
-    author_name: str
-
-
-async def unread_messages(
-    session: AsyncSession, user_pk: int, thread_id: int, *, from_id: int
-) -> list[UnreadMessage]:
-    """The user's unread messages of one thread from message `from_id` on, oldest first
-    (what an alert email quotes). Whether the user sees the thread is checked apart."""
-    query = (
-        select(Message.id, Message.body, Message.created_at, User.name)
-        .select_from(Thread)
-        .outerjoin(
-            ReadMarker, and_(ReadMarker.thread_id == Thread.id, ReadMarker.user_pk == user_pk)
-        )
-        .join(Message, Message.thread_id == Thread.id)
-        .join(User, User.pk == Message.author_pk)
-        .where(
-            Thread.id == thread_id,
-            Message.id >= from_id,
-            *_unread_conditions(user_pk),
-        )
-        .order_by(Message.id)
-    )
-    rows = await session.execute(query)
-    return [UnreadMessage(pk, body or "", created_at, name) for pk, body, created_at, name in rows]
 
 
 # --- threads ----------------------------------------------------------------------------
