@@ -172,7 +172,7 @@ def create_app(
         *api_provisioning.routes,
         *ws.routes,
         *api_notifications.routes,
-        *pages.routes(settings.web_dir),
+        *pages.routes(settings),
     ]
     app = Starlette(
         routes=routes,

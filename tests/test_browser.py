@@ -395,6 +395,7 @@ async def process_site(
         "AM_SECRET": SECRET,
         "AM_SERVICE_TOKEN": SERVICE_TOKEN,
         "AM_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "AM_DEMO": "1",
         "AM_SEND_RATE_PER_MINUTE": "0",
         "AM_LOG_LEVEL": "WARNING",
     }

@@ -10,6 +10,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.settings import Settings
+
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'self'; "
@@ -53,12 +55,18 @@ class _SecureStatic:
         await self.app(scope, receive, with_headers)
 
 
-def routes(web_dir: Path) -> list[Route | Mount]:
+def routes(settings: Settings) -> list[Route | Mount]:
+    """The browser client's files, always (a host ATS embeds them); the demo host's pages
+    and login only in demo mode (`AM_DEMO=1`): a production server serves no sign-in page."""
+    web_dir = settings.web_dir
+    static = Mount(
+        "/static", app=_SecureStatic(StaticFiles(directory=web_dir / "static")), name="static"
+    )
+    if not settings.demo:
+        return [static]
     return [
         Route("/", _page(web_dir, "index.html"), methods=["GET"]),  # type: ignore[arg-type]
         Route("/candidates/{cand}", _page(web_dir, "candidate.html"), methods=["GET"]),  # type: ignore[arg-type]
         Route("/login", _page(web_dir, "login.html"), methods=["GET"]),  # type: ignore[arg-type]
-        Mount(
-            "/static", app=_SecureStatic(StaticFiles(directory=web_dir / "static")), name="static"
-        ),
+        static,
     ]

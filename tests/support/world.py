@@ -36,6 +36,7 @@ def make_settings(db_url: str, tmp_path: Path, **overrides: Any) -> Settings:
         "public_url": "http://testserver",
         "send_rate_per_minute": 0,
         "email_delay_seconds": 120.0,
+        "demo": True,  # the demo host pages: browser tests use them
     }
     values.update(overrides)
     return Settings(**values)
