@@ -17,12 +17,14 @@ $(VENV)/.dev: $(VENV)/.base
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-# The demo batches email alerts for 15 s instead of the production default of 120 s, so that
-# an alert shows up in var/mail/ soon after a reply to someone who is offline.
+# The demo (AM_DEMO=1): its host pages, login links and secrets kept in var/demo.env. Both
+# commands get the address served, so that printed and emailed links point at it. Alerts wait
+# 15 s instead of the production default of 120 s, so that one shows up in var/mail/ soon
+# after a reply.
 run: $(VENV)/.base
 	$(BIN)/agency-messaging migrate
-	$(BIN)/agency-messaging demo
-	AM_EMAIL_DELAY_SECONDS=$${AM_EMAIL_DELAY_SECONDS:-15} $(BIN)/agency-messaging serve --host $(HOST) --port $(PORT)
+	AM_DEMO=1 $(BIN)/agency-messaging demo --host $(HOST) --port $(PORT)
+	AM_DEMO=1 AM_EMAIL_DELAY_SECONDS=$${AM_EMAIL_DELAY_SECONDS:-15} $(BIN)/agency-messaging serve --host $(HOST) --port $(PORT)
 
 # The whole suite, in parallel workers (each starts its own PostgreSQL and Redis), with
 # line coverage of the server's packages.

@@ -11,20 +11,50 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from server.settings import ConfigError, Settings
+from server.settings import ConfigError, Settings, env_flag
 from storage import migrate
 from storage.database import Database, default_sqlite_url
 
 DEMO_ENV = "var/demo.env"
 
 
-def _settings(*, demo: bool = False) -> Settings:
-    env = dict(os.environ)
-    if demo or (Path(DEMO_ENV).exists() and not env.get("AM_SECRET")):
-        from server.demo import ensure_demo_env
+def _demo_mode(env: dict[str, str], command: str) -> bool:
+    """The `demo` command, or `AM_DEMO=1`: only then may the demo's own secrets be used."""
+    return command == "demo" or env_flag(env, "AM_DEMO", False)
 
+
+def _local_url(host: str, port: int) -> str:
+    """The address a browser on this machine opens to reach `host:port`."""
+    if host in ("", "0.0.0.0", "::", "127.0.0.1", "::1", "localhost"):  # noqa: S104
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def _settings(command: str, host: str | None = None, port: int | None = None) -> Settings:
+    env = dict(os.environ)
+    demo = _demo_mode(env, command)
+    missing = [k for k in ("AM_SECRET", "AM_SERVICE_TOKEN") if not env.get(k, "").strip()]
+    if not demo:
+        # A production server never falls back to the demo's secrets under var/.
+        if missing:
+            raise ConfigError(
+                f"{missing[0]} must be set (outside demo mode, AM_SECRET and AM_SERVICE_TOKEN "
+                "are required; for the demo, set AM_DEMO=1)."
+            )
+        return Settings.from_env(env)
+    from server.demo import ensure_demo_env
+
+    env["AM_DEMO"] = "1"
+    if missing:
         for key, value in ensure_demo_env(Path(DEMO_ENV)).items():
-            env.setdefault(key, value)
+            if not env.get(key, "").strip():
+                env[key] = value
+    # Links printed by `demo` and sent in emails go to the port actually served, unless
+    # AM_PUBLIC_URL says otherwise (a proxy in front, another host name).
+    if port is not None and not env.get("AM_PUBLIC_URL", "").strip():
+        env["AM_PUBLIC_URL"] = _local_url(host or "", port)
     return Settings.from_env(env)
 
 
@@ -138,7 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="serve HTTP and WebSocket")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    commands.add_parser("demo", help="provision the demo org and print login links")
+    demo = commands.add_parser("demo", help="provision the demo org and print login links")
+    demo.add_argument("--host", default="127.0.0.1", help="the host `serve` listens on")
+    demo.add_argument("--port", type=int, default=8000, help="the port `serve` listens on")
     commands.add_parser("worker", help="send email alerts (without serving)")
     test_email = commands.add_parser("send-test-email", help="check the email configuration")
     test_email.add_argument("address")
@@ -152,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_migrate(url))
         return 0
     try:
-        settings = _settings(demo=args.command == "demo")
+        settings = _settings(args.command, getattr(args, "host", None), getattr(args, "port", None))
     except ConfigError as error:
         print(f"agency-messaging: {error}", file=sys.stderr)
         return 2

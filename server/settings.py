@@ -123,7 +123,7 @@ def _link_template(raw: str) -> str:
     return raw
 
 
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+def env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
     if not raw:
         return default
@@ -243,7 +243,7 @@ class Settings:
             run_email_worker=env.get("AM_EMAIL_WORKER", "1").strip().lower()
             not in ("0", "false", "no"),
             link_template=_link_template(env.get("AM_LINK_TEMPLATE", "")),
-            demo=_flag(env, "AM_DEMO", False),
+            demo=env_flag(env, "AM_DEMO", False),
             var_dir=var_dir,
             handshake_timeout_seconds=handshake_timeout,
             max_pending_handshakes=_int(

@@ -11,6 +11,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,7 @@ import jwt
 import pytest
 
 from harness.services import PostgresServer, free_port
+from server.domain.auth import make_user_token
 from storage import migrate
 from storage.database import default_sqlite_url
 
@@ -124,6 +126,92 @@ def test_serve_without_a_secret_is_a_configuration_error(
     assert not (tmp_path / "var" / "demo.env").exists()
 
 
+def test_serve_outside_demo_mode_never_uses_the_demo_secrets(demo_dir: Path) -> None:
+    """var/demo.env exists, but without AM_DEMO=1 `serve` and `worker` refuse to start."""
+    for args in (("serve", "--port", str(free_port())), ("worker",)):
+        result = run(demo_dir, *args, env=clean_env(), timeout=30)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "AM_SECRET" in result.stderr
+        assert "AM_DEMO=1" in result.stderr
+        assert "Traceback" not in result.stderr
+    demo_secret = dict(
+        line.split("=", 1) for line in (demo_dir / "var" / "demo.env").read_text().splitlines()
+    )["AM_SECRET"]
+    result = run(demo_dir, "serve", env=clean_env(AM_SECRET=demo_secret), timeout=30)
+    assert result.returncode == 2
+    assert "AM_SERVICE_TOKEN" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unreadable_demo_flag_is_a_configuration_error(tmp_path: Path) -> None:
+    result = run(tmp_path, "serve", env=clean_env(AM_DEMO="maybe"), timeout=30)
+    assert result.returncode == 2
+    assert "AM_DEMO must be 1 or 0" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def wait_healthy(process: subprocess.Popen[str], base: str, log: Path) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "no /healthz 200 within 20 s"
+        time.sleep(0.1)
+
+
+@dataclass
+class Served:
+    base: str
+    demo_output: str
+
+
+@pytest.fixture
+def served_production(demo_dir: Path) -> Iterator[Served]:
+    """`serve` with its own secrets and no AM_DEMO, next to the demo's var/demo.env."""
+    port = free_port()
+    log_path = demo_dir / "serve.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [COMMAND, "serve", "--port", str(port)],
+            cwd=demo_dir,
+            env=clean_env(AM_SECRET=SECRET, AM_SERVICE_TOKEN=SERVICE_TOKEN),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_healthy(process, base, log_path)
+            yield Served(base, (demo_dir / "demo.out").read_text())
+        finally:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def test_production_serves_the_client_and_the_api_but_no_demo_pages(
+    served_production: Served,
+) -> None:
+    with httpx.Client(base_url=served_production.base, timeout=5) as client:
+        for path in ("/", "/candidates/c1", "/login"):
+            assert client.get(path).status_code == 404, path
+        script = client.get("/static/am-client.js")
+        assert script.status_code == 200
+        assert "javascript" in script.headers["content-type"]
+        assert client.get("/api/v1/me").status_code == 401
+        # Tokens signed with the demo's secret are refused: it never read var/demo.env.
+        demo_token = demo_tokens(served_production.demo_output)[0]
+        signed_in = client.post("/api/v1/session", json={"token": demo_token})
+        assert signed_in.status_code == 401, signed_in.text
+        mine = make_user_token(SECRET, "acme", "mia")
+        me = client.get("/api/v1/me", headers={"Authorization": f"Bearer {mine}"})
+        assert me.status_code == 200, me.text
+        assert me.json()["id"] == "mia"
+
+
 # --- demo -------------------------------------------------------------------------------
 
 
@@ -178,7 +266,7 @@ def served_demo(demo_dir: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     process = subprocess.Popen(
         [COMMAND, "serve", "--port", str(port)],
         cwd=demo_dir,
-        env=clean_env(),
+        env=clean_env(AM_DEMO="1"),
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
@@ -230,3 +318,49 @@ def test_serve_runs_the_demo_and_stops_cleanly_on_sigterm(
     assert code in (0, -signal.SIGTERM), log
     assert "Traceback" not in log, log
     assert "Application shutdown complete" in log, log
+
+
+def test_the_demo_server_serves_the_demo_pages_at_its_own_address(
+    demo_dir: Path, served_demo: tuple[subprocess.Popen[str], int]
+) -> None:
+    process, port = served_demo
+    base = f"http://127.0.0.1:{port}"
+    wait_healthy(process, base, demo_dir / "serve.log")
+    with httpx.Client(base_url=base, timeout=5) as client:
+        for path in ("/", "/candidates/c1", "/login"):
+            page = client.get(path)
+            assert page.status_code == 200, path
+            assert page.headers["content-type"].startswith("text/html")
+        # Its public URL follows the port served: a page opened at http://localhost:PORT
+        # (where the printed links point) counts as the server's own origin.
+        token = demo_tokens((demo_dir / "demo.out").read_text())[0]
+        own = client.post(
+            "/api/v1/session",
+            json={"token": token},
+            headers={"Origin": f"http://localhost:{port}"},
+        )
+        assert own.status_code == 200, own.text
+        elsewhere = client.post(
+            "/api/v1/session", json={"token": token}, headers={"Origin": "http://localhost:1"}
+        )
+        assert elsewhere.status_code == 403, elsewhere.text
+
+
+def test_demo_links_point_at_the_port_served(tmp_path: Path) -> None:
+    result = run(tmp_path, "demo", "--port", "8765")
+    assert result.returncode == 0, result.stderr
+    links = re.findall(r"\S+/login#\S+", result.stdout)
+    assert len(links) >= 5, result.stdout
+    assert all(link.startswith("http://localhost:8765/login#token=") for link in links), links
+
+    # An address set by the operator (a proxy in front) wins over the port.
+    again = run(
+        tmp_path,
+        "demo",
+        "--port",
+        "8765",
+        env=clean_env(AM_PUBLIC_URL="https://demo.example.com"),
+    )
+    assert again.returncode == 0, again.stderr
+    links = re.findall(r"\S+/login#\S+", again.stdout)
+    assert links and all(link.startswith("https://demo.example.com/login#") for link in links)

@@ -1,5 +1,7 @@
 // The login link carries the token in the URL fragment, which browsers never send to a
 // server: no token ends up in an access log. It is traded for an HttpOnly cookie here.
+import { sameSitePath, takeReturnTo } from "./am-signin.js";
+
 const params = new URLSearchParams(location.hash.slice(1));
 const token = params.get("token");
 const next = params.get("next") || "/";
@@ -22,8 +24,9 @@ async function signIn() {
     status.textContent = `Sign-in failed: ${body?.error?.message ?? response.status}`;
     return;
   }
-  // Only same-site paths: a login link must never redirect elsewhere.
-  location.replace(next.startsWith("/") && !next.startsWith("//") ? next : "/");
+  // Back to the page that asked the user to sign in (an email link opened signed out), else
+  // where the link says. Only same-site paths: a login link must never redirect elsewhere.
+  location.replace(takeReturnTo() ?? sameSitePath(next) ?? "/");
 }
 
 signIn();
