@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, tzinfo
 from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
@@ -29,6 +30,15 @@ class AlertLine:
     author: str
     body: str
     created_at: datetime
+    message_id: int
+    author_agency: str | None = None  # the agency of an agency user; members have none
+
+    @property
+    def signed(self) -> str:
+        """Who wrote it, as emails name them: an agency user with their agency."""
+        if self.author_agency:
+            return f"{self.author} · {self.author_agency}"
+        return self.author
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +53,7 @@ class Alert:
     recipient_email: str
     private: bool
     messages: list[AlertLine]  # oldest first
+    time_zone: str = "UTC"  # the recipient's IANA zone: times are shown in it
 
 
 def header_text(value: str, limit: int = 200) -> str:
@@ -54,8 +65,28 @@ def header_text(value: str, limit: int = 200) -> str:
     return " ".join(cleaned.split())[:limit]
 
 
+def quoted(alert: Alert) -> list[AlertLine]:
+    """The messages the email quotes: the newest ones, oldest first (the rest are counted)."""
+    return alert.messages[-SHOWN_MESSAGES:]
+
+
+def zone_named(name: str) -> tzinfo:
+    """The recipient's zone; a name this system does not know falls back to UTC."""
+    try:
+        return ZoneInfo(name)
+    except (ValueError, ZoneInfoNotFoundError):
+        return UTC
+
+
+def local_time(moment: datetime, zone: tzinfo) -> str:
+    """`2026-12-01 15:04 CET (Europe/Paris)`: the abbreviation alone is ambiguous (CST),
+    so a named zone is spelled out too. `moment` is aware (storage keeps times in UTC)."""
+    shown = moment.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+    return shown if str(zone) == "UTC" else f"{shown} ({zone})"
+
+
 def subject_for(alert: Alert) -> str:
-    authors = sorted({m.author for m in alert.messages})
+    authors = sorted({m.signed for m in alert.messages})
     about = header_text(alert.candidate_name)
     if len(authors) == 1:
         word = "message" if len(alert.messages) == 1 else "messages"
@@ -63,11 +94,15 @@ def subject_for(alert: Alert) -> str:
     return header_text(f"{len(alert.messages)} new messages about {about}")
 
 
-def compose(alert: Alert, *, public_url: str, sender: str, unsubscribe_link: str) -> EmailMessage:
+def compose(
+    alert: Alert, *, link: str, public_url: str, sender: str, unsubscribe_link: str
+) -> EmailMessage:
+    """`link` opens the thread at the first quoted message; `public_url` (this server's)
+    names the domain of the Message-ID."""
     domain = urlsplit(public_url).hostname or "localhost"
-    link = f"{public_url}/candidates/{quote(alert.candidate_id)}"
+    zone = zone_named(alert.time_zone)
     candidate = header_text(alert.candidate_name)
-    shown = alert.messages[-SHOWN_MESSAGES:]
+    shown = quoted(alert)
     context = {
         "greeting": f"Hi {header_text(alert.recipient_name)},",
         "intro": (
@@ -78,8 +113,8 @@ def compose(alert: Alert, *, public_url: str, sender: str, unsubscribe_link: str
         ),
         "shown": [
             {
-                "author": header_text(m.author),
-                "when": m.created_at.strftime("%Y-%m-%d %H:%M UTC"),
+                "author": header_text(m.signed),
+                "when": local_time(m.created_at, zone),
                 "body": m.body,
                 "lines": m.body.splitlines() or [""],
             }

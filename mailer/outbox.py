@@ -3,7 +3,7 @@
 A send marks its event `alerts_pending`; the worker decides who gets an alert
 (`server.domain.alerting`) and queues the rows here. A row's life: `pending` (waiting for
 its due time, batching a burst of messages) → `sending` (claimed by one worker under a
-lease) → `sent`, or `dropped` (read, online when due, muted, lost access: nothing to say), or
+lease) → `sent`, or `dropped` (read, muted, lost access: nothing to say), or
 `failed` (refused for good, or too old); a transient failure puts it back to `pending` with
 a later due time. A worker that dies holding a claim
 lets its lease run out, and another worker takes the row over.

@@ -4,8 +4,9 @@ them as things are now, sends.
 It runs inside every server process, and alone as `agency-messaging worker`. Each round it
 first has the domain decide the alerts of messages posted since (`derive`, reading the
 event log: the send itself writes nothing for alerts), then claims what is due. At send time
-each alert is checked again: the recipient still sees the thread, is not muted, is offline
-on every process, and still has unread messages in it; otherwise it is dropped.
+each alert is checked again: the recipient still sees the thread, is not muted, and still
+has unread messages in it; otherwise it is dropped. Being online is not reading: whether
+the recipient has a socket open is not asked.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from channels.interfaces import Presence
 from mailer import outbox
 from mailer.compose import Alert, AlertLine, compose
 from mailer.preferences import is_muted, unsubscribe_link
@@ -48,6 +48,10 @@ class ThreadAccess(Protocol):
         oldest first (the domain says what "unread" is)."""
 
 
+# (candidate's external id, thread id, message id) → the link that opens that message.
+LinkBuilder = Callable[[str, int, int], str]
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
     """Timings of the alert worker, with production defaults."""
@@ -65,11 +69,11 @@ class AlertWorker:
         self,
         db: Database,
         transport: Transport,
-        presence: Presence,
         access: ThreadAccess,
         *,
         secret: str,
         public_url: str,
+        link: LinkBuilder,
         sender: str,
         options: WorkerOptions | None = None,
         count: Callable[[str], None] = lambda outcome: None,
@@ -77,10 +81,11 @@ class AlertWorker:
     ) -> None:
         self.db = db
         self.transport = transport
-        self.presence = presence
         self.access = access
         self.secret = secret
+        # This server's own address: its unsubscribe endpoint, and the Message-ID's domain.
         self.public_url = public_url
+        self.link = link
         self.sender = sender
         self.options = options or WorkerOptions()
         self.count = count
@@ -123,9 +128,16 @@ class AlertWorker:
             await outbox.finish(self.db, row.id, outbox.DROPPED, reason)
             self.count("dropped")
             return
-        link = unsubscribe_link(self.secret, self.public_url, row, alert.candidate_id)
+        # The link lands on the oldest message the email is about (the page then scrolls to
+        # the first one still unread when it opens).
+        opens_at = alert.messages[0].message_id
+        unsubscribe = unsubscribe_link(self.secret, self.public_url, row, alert.candidate_id)
         message = compose(
-            alert, public_url=self.public_url, sender=self.sender, unsubscribe_link=link
+            alert,
+            link=self.link(alert.candidate_id, alert.thread_id, opens_at),
+            public_url=self.public_url,
+            sender=self.sender,
+            unsubscribe_link=unsubscribe,
         )
         try:
             await self.transport.send(message)
@@ -173,8 +185,6 @@ class AlertWorker:
             lines = await self.access.unread_lines(session, user, thread, row.first_message_id)
         if not lines:
             return None, "read"
-        if await self.presence.online([(user.org_pk, user.pk)]):
-            return None, "online"
         return (
             Alert(
                 alert_id=row.id,
@@ -185,6 +195,7 @@ class AlertWorker:
                 recipient_email=user.email,
                 private=self.access.is_private(thread),
                 messages=lines,
+                time_zone=user.time_zone,
             ),
             "",
         )

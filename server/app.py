@@ -14,7 +14,6 @@ from starlette.middleware import Middleware
 from channels.backends import create_broker, create_presence
 from channels.connection import ConnectionLimits
 from channels.hub import Hub
-from channels.interfaces import Presence
 from mailer.transport import Transport, create_transport
 from mailer.worker import AlertWorker, WorkerOptions
 from server.domain.actions import Messaging
@@ -75,7 +74,6 @@ async def _prune_forever(db: Database, settings: Settings) -> None:
 def alert_worker(
     settings: Settings,
     db: Database,
-    presence: Presence,
     *,
     transport: Transport | None = None,
     options: WorkerOptions | None = None,
@@ -83,16 +81,17 @@ def alert_worker(
     derivation: AlertDerivation | None = None,
 ) -> AlertWorker:
     """The alert worker as `serve` and `worker` run it, answering access through the domain
-    and deciding new alerts from the event log (server.domain.alerting)."""
-    derivation = derivation or AlertDerivation(db, presence, settings.email_delay_seconds)
+    and deciding new alerts from the event log (server.domain.alerting). Presence plays no
+    part in alerts: an open socket is not reading."""
+    derivation = derivation or AlertDerivation(db, settings.email_delay_seconds)
     return AlertWorker(
         db,
         transport
         or create_transport(settings.smtp_url, settings.mail_dir, settings.smtp_timeout_seconds),
-        presence,
         AlertAccess(),
         secret=settings.secret,
         public_url=settings.public_url,
+        link=settings.link,
         sender=settings.sender,
         options=options,
         count=count,
@@ -134,7 +133,6 @@ def create_app(
             count_email = metrics.emails.labels
             alerts = AlertDerivation(
                 db,
-                presence,
                 settings.email_delay_seconds,
                 count=lambda n: count_email("queued").inc(n),
             )
@@ -155,7 +153,6 @@ def create_app(
                 worker = alert_worker(
                     settings,
                     db,
-                    presence,
                     options=worker_options,
                     count=lambda outcome: count_email(outcome).inc(),
                     derivation=alerts,

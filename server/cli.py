@@ -126,18 +126,15 @@ def _demo(settings: Settings) -> int:
 
 async def _worker(settings: Settings) -> None:
     """The alert worker alone, for deployments that run it apart from `serve`."""
-    from channels.backends import create_presence
     from server.app import alert_worker
 
     db = Database(settings.database_url)
-    presence = create_presence(settings.broker_url)
     try:
         await migrate.check_up_to_date(db)
-        worker = alert_worker(settings, db, presence)
+        worker = alert_worker(settings, db)
         print(f"Sending email alerts through {worker.transport.description}.", flush=True)
         await worker.run_forever()
     finally:
-        await presence.close()
         await db.close()
 
 
@@ -191,13 +188,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(settings, args.host, args.port)
     if args.command == "worker":
-        if not settings.broker_url.startswith("redis"):
-            print(
-                "agency-messaging: a separate worker needs AM_BROKER_URL=redis://… to know who "
-                "is online; with the in-process broker, `serve` runs the worker itself.",
-                file=sys.stderr,
-            )
-            return 2
         asyncio.run(_worker(settings))
         return 0
     if args.command == "send-test-email":

@@ -1,8 +1,10 @@
 """Email alerts, end to end: the app in process, a real SMTP server (aiosmtpd), both databases.
 
-Who gets an alert (the involved users of a thread other than the author, offline, not muted,
-still able to see it), batching a burst into one email, cancellation (read, online when
-due, muted, lost access), the unsubscribe link, header safety, and delivery through SMTP
+Who gets an alert (the involved users of a thread other than the author who have not read
+it, online or not, not muted, still able to see it), batching a burst into one email, what
+the email says (links that open the message, times in the recipient's zone, agencies
+named), cancellation (read, muted, lost access), the unsubscribe link, header safety, and
+delivery through SMTP
 failures (421 retried, 550 given up, a stalled relay timed out and retried, a worker that
 died holding a claim). Also the `.eml` file transport and `agency-messaging send-test-email`.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email
+import html
 import os
 import re
 import subprocess
@@ -23,11 +26,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import datetime
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -279,7 +284,10 @@ async def test_a_burst_is_one_email_with_every_message(launch: Launch) -> None:
     order = positions(text, bodies)
     assert order == sorted(order), "messages must be quoted oldest first"
     assert "5 unread messages" in text
-    assert "http://testserver/candidates/c1" in text
+    # The link opens the thread at the first message the email is about.
+    opening = f"http://testserver/candidates/c1?thread={thread}&message={sent[0]['id']}"
+    assert f"Reply on the candidate's profile: {opening}" in text.splitlines()
+    assert f'<a href="{html.escape(opening)}">' in alert.html()
     assert "more message" not in text
     assert "burst message 5" in alert.html()
 
@@ -303,8 +311,7 @@ async def test_twelve_messages_show_the_newest_ten_and_a_count(launch: Launch) -
     env = await launch(email_delay_seconds=BURST_DELAY)
     thread = await env.agency_thread()
     bodies = [f"note {i:02d}" for i in range(1, 13)]
-    for body in bodies:
-        await env.send("coord", thread, body)
+    sent = [await env.send("coord", thread, body) for body in bodies]
     await env.release()
     await env.smtp.wait_for(1, to=ANN, timeout=10)
     await env.settle()
@@ -315,8 +322,98 @@ async def test_twelve_messages_show_the_newest_ten_and_a_count(launch: Launch) -
     assert order == sorted(order)
     assert "and 2 more" in text
     assert "12 unread messages" in text
+    # The link lands on the oldest unread message, even when it is not quoted.
+    opening = f"http://testserver/candidates/c1?thread={thread}&message={sent[0]['id']}"
+    assert f"Reply on the candidate's profile: {opening}" in text.splitlines()
     html = alert.html()
     assert "note 01" not in html and "note 12" in html and "and 2 more" in html
+
+
+# --- links, times and names ------------------------------------------------------------
+
+ATS_LINKS = "https://ats.example.com/candidates/{candidate}?thread={thread}&message={message}"
+
+
+async def test_links_follow_the_link_template_to_the_first_unread_message(
+    launch: Launch,
+) -> None:
+    env = await launch(link_template=ATS_LINKS)
+    thread = await env.agency_thread()
+    older = await env.send("coord", thread, "older one")
+    newer = await env.send("coord", thread, "newer one")
+    await env.send("coord", thread, "newest one")
+    await env.read("ann", thread, older["id"])
+    await env.settle()
+    (alert,) = env.smtp.to(ANN)
+    opening = f"https://ats.example.com/candidates/c1?thread={thread}&message={newer['id']}"
+    assert f"Reply on the candidate's profile: {opening}" in alert.text().splitlines()
+    assert f'<a href="{html.escape(opening)}">' in alert.html()
+    assert "testserver/candidates" not in alert.text() + alert.html()
+    # Unsubscribing is this server's own endpoint, wherever the other links point.
+    assert unsubscribe_url(alert).startswith("http://testserver/unsubscribe?token=")
+
+
+def shown_at(created_at: str, zone: str) -> str:
+    """How an email should show a message's time (from the API's ISO time) in `zone`."""
+    local = datetime.fromisoformat(created_at).astimezone(ZoneInfo(zone))
+    return f"{local:%Y-%m-%d %H:%M} {local.tzname()}"
+
+
+async def test_times_are_shown_in_the_recipients_time_zone(env: Env) -> None:
+    await env.api.provision(
+        f"{ORG}/users/ann",
+        {
+            "name": "Ann",
+            "email": ANN,
+            "kind": "agency",
+            "agency": "ag",
+            "time_zone": "Europe/Paris",
+        },
+    )
+    async with env.services.db.write() as session:  # a zone this system does not know
+        await session.execute(
+            update(User).where(User.ext_id == "coord").values(time_zone="Mars/Olympus_Mons")
+        )
+    thread = await env.agency_thread()
+    sent = await env.send("mem", thread, "what time is it?")
+    await env.settle()
+
+    (to_ann,) = env.smtp.to(ANN)
+    paris = shown_at(sent["created_at"], "Europe/Paris")
+    utc = shown_at(sent["created_at"], "UTC")
+    assert paris.split()[-1] in ("CET", "CEST") and paris[:16] != utc[:16]
+    assert f"Mem wrote at {paris} (Europe/Paris):" in to_ann.text()
+    assert f"{paris} (Europe/Paris)" in to_ann.html()
+    assert utc[:16] not in to_ann.text() + to_ann.html()
+    (to_coord,) = env.smtp.to(COORD)
+    assert f"Mem wrote at {utc}:" in to_coord.text(), "an unknown zone falls back to UTC"
+    assert utc in to_coord.html()
+
+
+async def test_agency_users_are_named_with_their_agency(env: Env) -> None:
+    thread = await env.agency_thread()
+    await env.send("ann", thread, "from the agency")
+    await env.settle()
+    (to_coord,) = env.smtp.to(COORD)
+    assert to_coord.message["Subject"] == "New message from Ann · Ag about C1"
+    assert "\nAnn · Ag wrote at " in to_coord.text()
+    assert "<strong>Ann · Ag</strong>" in to_coord.html()
+
+    await env.send("mem", thread, "from the team")  # members: by name alone
+    await env.send("ann", thread, "and the agency again")
+    await env.settle()
+    (to_mem,) = env.smtp.to(MEM)
+    assert "Ann · Ag wrote at " in to_mem.text()
+    to_ann = env.smtp.to(ANN)[-1]
+    assert to_ann.message["Subject"] == "New message from Mem about C1"
+    assert "\nMem wrote at " in to_ann.text() and "<strong>Mem</strong>" in to_ann.html()
+    # Two authors in one email: counted in the subject, each named with the agency in text.
+    assert env.smtp.to(COORD)[-1].message["Subject"] == "2 new messages about C1"
+    assert [
+        line.split(" wrote at")[0]
+        for line in env.smtp.to(COORD)[-1].text().splitlines()
+        if " wrote at " in line
+    ] == ["Mem", "Ann · Ag"]
 
 
 # --- who is involved --------------------------------------------------------------------
@@ -398,39 +495,35 @@ async def test_reading_before_the_delay_cancels_the_alert(env: Env) -> None:
     assert "newer one" in text_of(alert) and "older one" not in text_of(alert)
 
 
-async def test_connecting_is_not_reading_and_users_online_when_due_get_none(env: Env) -> None:
+async def test_an_open_socket_is_not_reading_whoever_has_not_read_gets_the_alert(
+    env: Env,
+) -> None:
+    """The ATS left open in a forgotten tab: the reply is still emailed. Reading is what
+    spares someone the email, online or not."""
     thread = await env.agency_thread()
     presence = env.services.realtime.presence
     async with serve(env.app, lifespan="off") as base_url:
-        await env.send("coord", thread, "are you there?")  # ann is offline: an alert waits
-        socket = await WsClient.connect(base_url, env.api.token(ORG, "ann"))
+        sockets = [
+            await WsClient.connect(base_url, env.api.token(ORG, user)) for user in ("ann", "coord")
+        ]
         try:
-            assert (await socket.request("ping"))["type"] == "pong"  # registered by now
-            # Connecting reads nothing: the alert still waits (and connecting costs no query
-            # of the outbox); whether ann is online is asked when it is due.
-            rows = await env.rows_for("ann")
-            assert [(r.status, r.last_error) for r in rows] == [(outbox.PENDING, None)]
-
-            await env.send("coord", thread, "online now")
+            for socket in sockets:
+                assert (await socket.request("ping"))["type"] == "pong"  # registered by now
+            sent = await env.send("mem", thread, "anyone there?")
+            await env.read("coord", thread, sent["id"])
             await env.settle()
-            assert env.smtp.messages() == [], "a user online when the alert is due gets none"
-            rows = await env.rows_for("ann")
-            assert [(r.status, r.last_error) for r in rows] == [(outbox.DROPPED, "online")]
-        finally:
-            await socket.close()
 
-        ann = (await org_pk(env), (await env.rows_for("ann"))[0].user_pk)
-        deadline = time.monotonic() + 5
-        while await presence.online([ann]):
-            assert time.monotonic() < deadline, "a closed socket must stop counting at once"
-            await asyncio.sleep(0.02)
-        await env.send("coord", thread, "gone again")
-        await env.settle()
-        (alert,) = env.smtp.to(ANN)
-        text = text_of(alert)
-        assert "gone again" in text
-        # The messages ann was online for still count as unread but started no alert.
-        assert "online now" not in text
+            ann, coord = (await env.rows_for("ann"))[0], (await env.rows_for("coord"))[0]
+            online = {(await org_pk(env), row.user_pk) for row in (ann, coord)}
+            assert await presence.online(sorted(online)) == online, "both online all along"
+            (alert,) = env.smtp.messages()
+            assert alert.rcpt_tos == (ANN,), "online and unread: emailed"
+            assert "anyone there?" in text_of(alert)
+            assert (ann.status, coord.status) == (outbox.SENT, outbox.DROPPED)
+            assert coord.last_error == "read", "online and read: no email"
+        finally:
+            for socket in sockets:
+                await socket.close()
 
 
 async def org_pk(env: Env) -> int:
@@ -576,9 +669,10 @@ async def test_no_header_injection_and_the_html_part_escapes(env: Env) -> None:
         f"{ORG}/users/eve",
         {"name": "Eve" + INJECTION, "email": "eve@acme.example", "kind": "member", "agency": None},
     )
+    await env.api.provision(f"{ORG}/agencies/evil", {"name": "Evil" + INJECTION})
     await env.api.provision(
         f"{ORG}/users/ivy",
-        {"name": "Ivy" + INJECTION, "email": "ivy@ag.example", "kind": "agency", "agency": "ag"},
+        {"name": "Ivy" + INJECTION, "email": "ivy@ag.example", "kind": "agency", "agency": "evil"},
     )
     await env.api.provision(
         f"{ORG}/candidates/cx",
@@ -612,6 +706,11 @@ async def test_no_header_injection_and_the_html_part_escapes(env: Env) -> None:
         assert body in text, "the text part keeps the body verbatim"
         assert "<script>" not in html and "<b>bold</b>" not in html
         assert "&lt;script&gt;" in html and "&lt;b&gt;bold&lt;/b&gt;" in html
+    (to_eve,) = env.smtp.to("eve@acme.example")
+    assert to_eve.message["Subject"] == (
+        "New message from Ivy Bcc: evil@example.com · Evil Bcc: evil@example.com "
+        "about Cand Bcc: evil@example.com"
+    ), "the author's agency is named, on one line"
     (to_ivy,) = env.smtp.to("ivy@ag.example")
     addresses = [a for _, a in email.utils.getaddresses([str(to_ivy.message["To"])])]
     assert addresses == ["ivy@ag.example"]
@@ -669,10 +768,10 @@ async def test_a_stalled_relay_times_out_and_is_retried(launch: Launch) -> None:
     worker = AlertWorker(
         env.services.db,
         transport,
-        env.services.realtime.presence,
         AlertAccess(),
         secret=env.settings.secret,
         public_url=env.settings.public_url,
+        link=env.settings.link,
         sender=env.settings.sender,
         options=WORKER,
         count=counts.append,
@@ -716,10 +815,10 @@ async def test_a_worker_that_died_holding_a_claim_is_taken_over(launch: Launch) 
     worker = AlertWorker(
         db,
         SmtpTransport.from_url(env.smtp.url),
-        env.services.realtime.presence,
         AlertAccess(),
         secret=env.settings.secret,
         public_url=env.settings.public_url,
+        link=env.settings.link,
         sender=env.settings.sender,
         options=WORKER,
     )

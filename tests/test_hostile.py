@@ -687,7 +687,7 @@ def alert_for(recipient_name: str, recipient_email: str, author: str, candidate:
         recipient_name=recipient_name,
         recipient_email=recipient_email,
         private=False,
-        messages=[AlertLine(author, "hello\r\nBcc: body@evil.example", when)],
+        messages=[AlertLine(author, "hello\r\nBcc: body@evil.example", when, message_id=1)],
     )
 
 
@@ -728,6 +728,7 @@ async def test_crlf_in_names_never_reaches_email_headers(world: Api, name: str) 
     assert stored[0]["name"] == name.strip()
     message = compose(
         alert_for(stored[0]["name"], "ann@ag.example", stored[0]["name"], stored[0]["name"]),
+        link="http://testserver/candidates/c1?thread=3&message=1",
         public_url="http://testserver",
         sender="Agency Messaging <alerts@testserver>",
         unsubscribe_link="http://testserver/unsubscribe?token=t",
@@ -751,6 +752,7 @@ async def test_an_email_address_is_one_recipient_or_refused(world: Api, address:
     assert response.status_code in (200, 201), response.text
     message = compose(
         alert_for("Eve", address, "Ann", "C1"),
+        link="http://testserver/candidates/c1?thread=3&message=1",
         public_url="http://testserver",
         sender="Agency Messaging <alerts@testserver>",
         unsubscribe_link="http://testserver/unsubscribe?token=t",

@@ -870,7 +870,6 @@ class Run:
             sock.baseline_cand[cand] = len(self.model.cand_unread(org, user, cand))
         sock.baseline_total = self.model.total_unread(org, user)
         self.sockets[key] = sock
-        self.model.online.add(key)
         await self.check_pending()
         return sock
 
@@ -881,7 +880,6 @@ class Run:
         self.note(f"{key[0]}/{key[1]} closes its socket")
         await self.check_socket(key, sock)
         await sock.client.close()
-        self.model.online.discard(key)
         await self.wait_offline(key)
 
     async def subscribe(self, step: Subscribe) -> None:

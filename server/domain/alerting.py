@@ -3,9 +3,11 @@
 A send only marks its event `alerts_pending`. The alert worker then decides the alerts of
 every pending event in one transaction: it records each author as a poster of the thread,
 asks `rules.alert_recipients` who is involved (with access as it is now), leaves out who
-muted alerts or is online, queues one outbox row per (recipient, thread) due when the
-message's delay ends, and clears the flags. The rows and the cleared flags commit together,
-so each message's alerts are decided exactly once, by whichever process gets there first.
+muted alerts, queues one outbox row per (recipient, thread) due when the message's delay
+ends, and clears the flags. The rows and the cleared flags commit together, so each
+message's alerts are decided exactly once, by whichever process gets there first. Who is
+online plays no part: an open socket is not reading, and whether the recipient has read
+the messages is checked when the row is due.
 
 Events are taken in seq order, and on PostgreSQL by one process at a time (a
 transaction-scoped advisory lock; the others skip): who has posted in a thread, which
@@ -14,7 +16,6 @@ decides who is involved, must be recorded in the order the messages were posted.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -25,14 +26,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from channels.interfaces import Presence
 from mailer import outbox
 from mailer.preferences import muted_pairs
 from server.domain import facts, rules
 from storage.database import Database
 from storage.models import Candidate, Event, Message, Thread, ThreadPoster
-
-log = logging.getLogger("agency_messaging.alerting")
 
 BATCH = 500  # events per transaction
 # Any constant unique to this job: the key of the PostgreSQL advisory lock it takes.
@@ -83,14 +81,12 @@ class AlertDerivation:
     def __init__(
         self,
         db: Database,
-        presence: Presence,
         delay_seconds: float,
         *,
         batch: int = BATCH,
         count: Callable[[int], None] = lambda queued: None,
     ) -> None:
         self.db = db
-        self.presence = presence
         self.delay = timedelta(seconds=delay_seconds)
         self.batch = batch
         self.count = count
@@ -163,24 +159,12 @@ class AlertDerivation:
         if not wanted:
             return batch
         muted = await muted_pairs(conn, {(a.user_pk, a.candidate_pk) for a in wanted})
-        online = await self._online({(a.org_pk, a.user_pk) for a in wanted})
         for alert in wanted:
-            key = (alert.user_pk, alert.thread_id)
-            if (alert.user_pk, alert.candidate_pk) in muted or (
-                alert.org_pk,
-                alert.user_pk,
-            ) in online:
+            if (alert.user_pk, alert.candidate_pk) in muted:
                 continue
             # A burst shares one alert: the first message's row, due when its delay ends.
-            batch.alerts.setdefault(key, alert)
+            batch.alerts.setdefault((alert.user_pk, alert.thread_id), alert)
         return batch
-
-    async def _online(self, users: set[tuple[int, int]]) -> set[tuple[int, int]]:
-        try:
-            return await self.presence.online(sorted(users))
-        except Exception:  # presence is down: queue for all; the worker checks again later
-            log.warning("Presence is unavailable; alerts are queued for every recipient.")
-            return set()
 
     async def _write(self, conn: AsyncConnection, batch: _Batch) -> None:
         insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert

@@ -23,9 +23,9 @@ together with docs/api.md section 2 where the contract leaves a detail to the do
 - Email: a new message queues an alert for each involved user of its thread other than the
   author (agency thread: its agency user, the current coordinator, every member who posted
   in it; private: both), who sees the thread (an alert about a thread one cannot read would
-  leak it, and it could have no unread message to quote), and has no live connection. The
-  outbox keeps one pending alert per (user, thread) until it is due (coming online cancels
-  nothing: whoever is online then gets none); erasing the candidate erases them.
+  leak it, and it could have no unread message to quote), online or not (an open socket
+  is not reading). The outbox keeps one pending alert per (user, thread) until it is due
+  (reading cancels it then, not before); erasing the candidate erases them.
 """
 
 from __future__ import annotations
@@ -116,7 +116,6 @@ class Model:
     markers: dict[tuple[str, str, int], int] = field(default_factory=dict)
     posters: dict[int, set[str]] = field(default_factory=dict)
     pending: set[tuple[str, str, int]] = field(default_factory=set)  # (org, user, thread)
-    online: set[tuple[str, str]] = field(default_factory=set)
 
     # --- who sees what ---------------------------------------------------------------
 
@@ -267,11 +266,7 @@ class Model:
         return found
 
     def alert_recipients(self, t: Thread, author: str) -> set[str]:
-        return {
-            u
-            for u in self.involved(t)
-            if u != author and self.sees(t.org, u, t) and (t.org, u) not in self.online
-        }
+        return {u for u in self.involved(t) if u != author and self.sees(t.org, u, t)}
 
     def posted(self, t: Thread, m: Msg) -> tuple[Event, set[str]]:
         """Records a new message; returns its event and who gets an alert queued."""
