@@ -45,6 +45,7 @@ from tests.support.browser import (
     api_for,
     bodies,
     bubble,
+    confirmation,
     connected,
     dialog,
     disconnected,
@@ -203,7 +204,7 @@ async def test_the_unread_line_moves_with_socket_frames_without_asking_the_serve
 # --- 2. delete through the dot menu ------------------------------------------------------
 
 
-async def test_the_author_deletes_a_message_from_its_menu_and_it_disappears_everywhere(
+async def test_the_author_deletes_a_message_from_its_menu_and_it_is_a_tombstone_everywhere(
     site: Site,
 ) -> None:
     coord = await site.page("coord")
@@ -231,11 +232,13 @@ async def test_the_author_deletes_a_message_from_its_menu_and_it_disappears_ever
     await actions.click()
     await expect(actions).to_have_attribute("aria-expanded", "true")
     await item.get_by_role("menuitem", name="Delete").click()
+    await confirmation(ann).get_by_role("button", name="Delete").click()
 
     for page in (ann, coord):
         await expect(page.get_by_text("Sent to the wrong candidate, sorry")).to_have_count(
             0, timeout=SHORT
         )
+        await expect(dialog(page).get_by_text("Message deleted")).to_have_count(1)
         await expect(message_item(page, "This one stays")).to_be_visible()
     # A deleted message is no longer unread for anyone.
     await expect(bubble(mem)).to_have_accessible_name("Messages, 1 unread", timeout=SHORT)
@@ -604,11 +607,12 @@ async def open_candidate_messages(page: Page, candidate: str) -> None:
 async def test_the_dialog_pages_back_through_a_long_history(site: Site) -> None:
     thread = await site.thread_of("coord", {"agency_user": "ann", "private": False})
     expected = [f"History message {i:02d}" for i in range(1, 61)]
-    for body in expected:
-        await site.send("coord", thread["id"], body)
+    sent = [await site.send("coord", thread["id"], body) for body in expected]
+    # Read up to the 55th: the dialog opens at the first unread one, on the newest page.
+    await site.read("ann", thread["id"], sent[54]["id"])
 
     ann = await site.page("ann")
-    await expect(bubble(ann)).to_have_accessible_name("Messages, 60 unread")
+    await expect(bubble(ann)).to_have_accessible_name("Messages, 5 unread")
     await open_messages(ann)
     await expect(message_item(ann, expected[-1])).to_be_visible()
     shown = await bodies(ann)

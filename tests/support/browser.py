@@ -7,10 +7,13 @@ Playwright cannot download its own browser here, so it drives /usr/bin/chromium.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import shutil
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from playwright.async_api import (
@@ -23,8 +26,11 @@ from playwright.async_api import (
     expect,
 )
 
+from harness.services import free_port
+from server.app import create_app
 from server.domain.auth import make_user_token
-from tests.support.world import SECRET, Api
+from tests.support.realtime import serve
+from tests.support.world import SECRET, Api, make_settings
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -53,6 +59,12 @@ USERS = {
 
 def name(user: str) -> str:
     return USERS[user][0]
+
+
+def shown(user: str) -> str:
+    """How the pages name `user`: an agency user with its agency."""
+    display, kind = USERS[user]
+    return f"{display} · {AGENCY_NAME}" if kind == "agency" else display
 
 
 async def launch(playwright: Playwright) -> Browser:
@@ -116,7 +128,7 @@ class Site:
         self.contexts.append(context)
         page = await context.new_page()
         token = make_user_token(SECRET, ORG, user)
-        await page.goto(f"{self.base}/login#token={token}&next={path}")
+        await page.goto(f"{self.base}/login#token={token}&next={quote(path, safe='/')}")
         await page.wait_for_url(self.base + path)
         await ready(page)
         return page
@@ -134,6 +146,24 @@ class Site:
     async def send(self, user: str, thread: int, body: str) -> dict[str, Any]:
         return await self.api.send(ORG, user, thread, body)
 
+    async def threads(self, user: str) -> list[dict[str, Any]]:
+        response = await self.api.get(ORG, user, f"/api/v1/candidates/{CANDIDATE}/threads")
+        assert response.status_code == 200, response.text
+        threads: list[dict[str, Any]] = response.json()["threads"]
+        return threads
+
+    async def unread(self, user: str, thread: int) -> int:
+        """`user`'s unread count in `thread`, as the server has it."""
+        (found,) = [t for t in await self.threads(user) if t["id"] == thread]
+        count: int = found["unread"]
+        return count
+
+    async def read(self, user: str, thread: int, message: int) -> None:
+        response = await self.api.post(
+            ORG, user, f"/api/v1/threads/{thread}/read", {"message_id": message}
+        )
+        assert response.status_code == 200, response.text
+
     async def history(self, user: str, thread: int) -> list[dict[str, Any]]:
         response = await self.api.get(
             ORG, user, f"/api/v1/threads/{thread}/messages", params={"limit": 100}
@@ -141,6 +171,29 @@ class Site:
         assert response.status_code == 200, response.text
         messages: list[dict[str, Any]] = response.json()["messages"]
         return messages
+
+
+@asynccontextmanager
+async def served_site(
+    browser: Browser, sqlite_template: Path, tmp_path: Path
+) -> AsyncIterator[Site]:
+    """The app served in-process on a copy of the SQLite template, with org acme provisioned."""
+    path = tmp_path / "browser.db"
+    shutil.copyfile(sqlite_template, path)
+    port = free_port()
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{path}", tmp_path, public_url=f"http://127.0.0.1:{port}"
+    )
+    app = create_app(settings, auto_migrate=False)
+    async with serve(app, port) as base:
+        api = api_for(base)
+        site = Site(base, api, browser)
+        try:
+            await provision(api)
+            yield site
+        finally:
+            await site.close()
+            await api.client.aclose()
 
 
 def api_for(base: str) -> Api:
@@ -177,6 +230,12 @@ def bubble(page: Page) -> Locator:
     return page.get_by_role("button", name=BUBBLE_NAME)
 
 
+def bubble_label(page: Page) -> Locator:
+    """The bubble, found also where the page hides it (another tab of the profile): its
+    accessible name is in its aria-label."""
+    return page.locator("agency-messages .am-bubble")
+
+
 def dialog(page: Page) -> Locator:
     return page.get_by_role("dialog")
 
@@ -186,9 +245,10 @@ def unread_line(page: Page) -> Locator:
 
 
 def tab(page: Page, label: str) -> Locator:
-    """A thread tab, whether or not its name announces unread messages."""
+    """A thread tab, whether or not its name announces unread messages, and whether or not
+    it names the agency of the agency user in `label`."""
     return dialog(page).get_by_role(
-        "tab", name=re.compile("^" + re.escape(label) + r"(, \d+ unread)?$")
+        "tab", name=re.compile("^" + re.escape(label) + r"( · [^,]+)?(, \d+ unread)?$")
     )
 
 
@@ -220,3 +280,64 @@ async def bodies(page: Page) -> list[str]:
         await dialog(page).get_by_role("log").locator(".am-body").all_inner_texts()
     )
     return list(texts)
+
+
+def divider(page: Page) -> Locator:
+    """The "New" divider above the first unread message."""
+    return dialog(page).get_by_role("log").get_by_role("separator", name="New messages")
+
+
+async def sync(page: Page) -> None:
+    """A round trip on the page's socket: whatever the page sent before has been handled."""
+    await page.evaluate("window.__amTestClient.request({ op: 'ping' })")
+
+
+# --- a page in a background tab ----------------------------------------------------------
+
+# Chromium under Playwright always reports a visible page: the page is made to report what
+# the test says, with the event that a browser fires when the user switches tabs.
+VISIBILITY_SCRIPT = """
+(() => {
+  let state = "visible";
+  const define = (key, get) =>
+    Object.defineProperty(Document.prototype, key, { configurable: true, get });
+  define("visibilityState", () => state);
+  define("hidden", () => state === "hidden");
+  window.__amSetVisibility = (next) => {
+    state = next;
+    document.dispatchEvent(new Event("visibilitychange"));
+  };
+})();
+"""
+
+
+async def make_hideable(page: Page) -> None:
+    """Reloads `page` so that `set_visibility` can send it to the background and back."""
+    await page.context.add_init_script(VISIBILITY_SCRIPT)
+    await page.reload()
+    await ready(page)
+
+
+async def set_visibility(page: Page, state: str) -> None:
+    await page.evaluate("(state) => window.__amSetVisibility(state)", state)
+
+
+def confirmation(page: Page) -> Locator:
+    """The question asked before a message is deleted."""
+    return page.get_by_role("alertdialog", name="Delete this message?")
+
+
+async def ask_to_delete(page: Page, text: str) -> Locator:
+    """Opens the menu of the message `text` and picks Delete: the question is then open.
+    Returns the message's "Message actions" button."""
+    actions = message_item(page, text).get_by_role("button", name="Message actions")
+    await actions.click()
+    await message_item(page, text).get_by_role("menuitem", name="Delete").click()
+    await expect(confirmation(page)).to_be_visible()
+    return actions
+
+
+async def delete_message(page: Page, text: str) -> None:
+    await ask_to_delete(page, text)
+    await confirmation(page).get_by_role("button", name="Delete").click()
+    await expect(confirmation(page)).to_be_hidden()

@@ -6,7 +6,7 @@
 //   sent     detail: a message this tab sent
 //   lost     the user no longer has access to the candidate
 
-import { api, client, follow, listen, me } from "./am-shared.js";
+import { api, client, displayName, follow, listen, me } from "./am-shared.js";
 
 export class Conversation extends EventTarget {
   constructor(candidateId) {
@@ -15,9 +15,11 @@ export class Conversation extends EventTarget {
     this.client = client();
     this.user = null;
     this.candidate = null;
-    this.threads = []; // {key, id|null, kind, agency_user, member, unread, label, last_message}
+    this.threads = []; // {key, id|null, kind, agency_user, member, unread, label, linked, last_message}
+    this.drafts = new Map(); // key -> a private thread chosen but not written in yet (id null)
     this.selected = null;
     this.lost = false;
+    this.loaded = new Promise((resolve) => { this.onFirstLoad = resolve; });
   }
 
   start() {
@@ -70,13 +72,26 @@ export class Conversation extends EventTarget {
       this.user = user;
       this.candidate = candidate;
       this.lost = false;
-      this.threads = threadList(user, candidate, threads);
+      // A draft stays while it is the one open: one the user left, or now created, goes.
+      for (const key of this.drafts.keys()) {
+        if (key !== this.selected?.key || threads.some((t) => threadKey(t) === key)) this.drafts.delete(key);
+      }
+      this.threads = threadList(user, candidate, threads, [...this.drafts.values()]);
       this.selected = this.find(this.selected?.key) ?? this.threads[0] ?? null;
       this.emit("change");
       this.emit("show");
     } catch (error) {
       if (error.status === 404) this.loseAccess();
+    } finally {
+      this.onFirstLoad();
     }
+  }
+
+  // The thread with that id, once the conversation has loaded (null: none the user sees).
+  async threadById(id) {
+    await this.loaded;
+    if (!this.findById(id) && !this.lost) await this.reload(); // started since the load
+    return this.findById(id) ?? null;
   }
 
   // --- live events ---------------------------------------------------------------------
@@ -119,9 +134,12 @@ export class Conversation extends EventTarget {
     if (thread) thread.unread = (thread.unread || 0) + 1;
   }
 
-  async markRead(threadId, messageId) {
+  // Read only when seen: the caller shows the thread, and the page is visible (unless the
+  // user has just replied in it, which says it was seen).
+  async markRead(threadId, messageId, { replied = false } = {}) {
     const thread = this.findById(threadId);
-    if (!thread || !messageId || !thread.unread || document.visibilityState === "hidden") return;
+    if (!thread || !messageId || !thread.unread) return;
+    if (!replied && document.visibilityState !== "visible") return;
     try {
       const ack = await this.client.read(threadId, messageId);
       thread.unread = ack.unread;
@@ -138,33 +156,75 @@ export class Conversation extends EventTarget {
     return this.findById(thread.id) ?? thread;
   }
 
+  // Selects the private thread with `other` (an agency user for a member, a member for an
+  // agency user). One not written in yet is only a draft here: the first message creates
+  // it, so that nobody is shown an empty conversation.
+  startPrivate(other) {
+    const agencyUser = this.user.kind === "agency" ? this.user : other;
+    const member = this.user.kind === "agency" ? other : this.user;
+    const key = threadKey({ kind: "private", agency_user: agencyUser, member });
+    let thread = this.find(key);
+    if (!thread) {
+      thread = decorate(this.user, this.candidate, {
+        id: null, kind: "private", agency_user: agencyUser, member, unread: 0, last_message: null,
+      });
+      this.drafts.set(key, thread);
+      this.threads = [...this.threads, thread].sort(threadOrder);
+    }
+    this.select(thread);
+  }
+
   // Sends into `thread`, first creating it when it does not exist yet.
   async send(thread, body) {
     let target = this.find(thread.key) ?? thread;
-    if (target.id === null) {
-      const request = { private: false, ...(this.user.kind === "member" ? { agency_user: target.agency_user.id } : {}) };
-      target = await this.openThread(request);
+    if (target.id === null) target = await this.openThread(creation(this.user, target));
+    let ack;
+    try {
+      ack = await this.client.send(target.id, body);
+    } catch (error) {
+      if (error.code === "forbidden") this.reload(); // what changed shows (say, an unlinked agency user)
+      throw error;
     }
-    const ack = await this.client.send(target.id, body);
     this.emit("sent", ack.message);
+    // A reply says the thread was seen: everything before it is read.
+    await this.markRead(target.id, ack.message.id, { replied: true });
   }
 }
 
-// The tabs: the threads the user sees, and an agency thread for each agency user that has
-// none yet (the first message creates it). Agency threads first, then private ones.
-function threadList(user, candidate, threads) {
-  const label = (t) => {
-    if (t.kind === "private") return `Private: ${user.kind === "agency" ? t.member.name : t.agency_user.name}`;
-    return user.kind === "agency" ? "Hiring team" : t.agency_user.name;
-  };
-  const list = threads.map((t) => ({ ...t, key: threadKey(t), label: label(t) }));
-  const agencyUsers = user.kind === "agency" ? [{ id: user.id, name: user.name, kind: "agency" }] : candidate.agency_users;
-  for (const agencyUser of agencyUsers) {
-    const stub = { id: null, kind: "agency", agency_user: agencyUser, member: null, unread: 0, last_message: null };
-    if (!list.some((t) => t.key === threadKey(stub))) list.push({ ...stub, key: threadKey(stub), label: label(stub) });
+// What POST .../threads needs to create `thread`.
+function creation(user, thread) {
+  if (user.kind === "agency") return thread.kind === "private" ? { private: true, member: thread.member.id } : { private: false };
+  return { private: thread.kind === "private", agency_user: thread.agency_user.id };
+}
+
+// The tabs: the threads the user sees, an agency thread for each agency user that has none
+// yet, and the private drafts (the first message creates them). Agency threads first, then
+// private ones.
+function threadList(user, candidate, threads, drafts) {
+  const list = threads.map((t) => decorate(user, candidate, t));
+  const agencyUsers = user.kind === "agency" ? [user] : candidate.agency_users;
+  const stubs = agencyUsers.map((agencyUser) => (
+    { id: null, kind: "agency", agency_user: agencyUser, member: null, unread: 0, last_message: null }));
+  for (const stub of [...stubs, ...drafts]) {
+    if (!list.some((t) => t.key === threadKey(stub))) list.push(decorate(user, candidate, stub));
   }
+  return list.sort(threadOrder);
+}
+
+// A thread with what the views need: its key, its tab's label and whether its agency user
+// is still linked to the candidate (`agency_user_linked`, or else, for a member, whether the
+// candidate still lists that agency user; an agency user that sees it is linked).
+function decorate(user, candidate, thread) {
+  const other = thread.kind === "private" && user.kind === "agency" ? thread.member : thread.agency_user;
+  let label = user.kind === "agency" ? "Hiring team" : displayName(other);
+  if (thread.kind === "private") label = `Private: ${displayName(other)}`;
+  const linked = thread.agency_user_linked ?? (user.kind === "agency" || candidate.agency_users.some((u) => u.id === thread.agency_user.id));
+  return { ...thread, key: threadKey(thread), label, linked };
+}
+
+function threadOrder(a, b) {
   const order = (t) => (t.kind === "agency" ? 0 : 1);
-  return list.sort((a, b) => order(a) - order(b) || a.label.localeCompare(b.label));
+  return order(a) - order(b) || a.label.localeCompare(b.label);
 }
 
 function threadKey(thread) {

@@ -1,11 +1,14 @@
 // <agency-message-list>: the selected thread's messages, oldest first, with "Load earlier
-// messages" above them and a menu to delete one's own. It reads what it shows (while the
-// tab is visible) and takes live messages and deletions from the socket. Part of
-// <agency-messages>, which hands it its `conversation`.
+// messages" above them, a "New" divider above the first unread one, and a menu to delete
+// one's own (after a confirmation). A deleted message stays in place as a tombstone. It
+// reads what it shows while the page is visible, and on coming back to the page; it takes
+// live messages and deletions from the socket. Part of <agency-messages>, which hands it
+// its `conversation`.
 
-import { announce, api, client, el, listen } from "./am-shared.js";
+import { announce, api, client, displayName, el, listen } from "./am-shared.js";
 
 const PAGE = 50;
+const MAX_PAGES_BACK = 20; // how far opening at a message pages back to reach it
 const timeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
 
 class AgencyMessageList extends HTMLElement {
@@ -15,8 +18,12 @@ class AgencyMessageList extends HTMLElement {
     this.items = new Map(); // message id -> its <li>
     this.earlier = el("button", { type: "button", class: "am-earlier", hidden: true, text: "Load earlier messages", onclick: () => this.loadEarlier() });
     this.log = el("ol", { class: "am-log", role: "log", "aria-live": "polite", "aria-label": "Messages in this conversation" });
-    this.replaceChildren(this.earlier, this.log);
+    this.divider = el("li", { role: "separator", class: "am-divider", "aria-label": "New messages" }, el("span", { text: "New" }));
+    this.target = null; // the message id to open at (from a link), once
+    this.confirm = this.confirmDialog();
+    this.replaceChildren(this.earlier, this.log, this.confirm);
     this.stopListening = [
+      listen(document, { visibilitychange: () => this.onVisible() }),
       listen(this.conversation, {
         show: () => this.isOpen() && this.show(),
         sent: (e) => this.onSent(e.detail),
@@ -24,7 +31,7 @@ class AgencyMessageList extends HTMLElement {
       }),
       listen(this.client, {
         "message.created": (e) => this.onCreated(e.detail),
-        "message.deleted": (e) => this.remove(e.detail.message_id),
+        "message.deleted": (e) => this.tombstone(e.detail.message_id),
       }),
     ];
   }
@@ -42,11 +49,21 @@ class AgencyMessageList extends HTMLElement {
     this.log.replaceChildren();
   }
 
-  // Shows the selected thread from its newest page, then reads it.
-  async show() {
+  // Shows the selected thread from its newest page, at its first unread message (with the
+  // "New" divider above it) or else at the message asked for, or at its end; then reads it.
+  // `fresh`: drawn anew even when it is the thread shown already (the dialog opens).
+  async show({ fresh = false } = {}) {
     const thread = this.conversation.selected;
     if (!thread) return;
+    if (!fresh && thread.id !== null && thread.id === this.thread?.id) {
+      await this.refresh(thread);
+      return;
+    }
+    const target = this.target;
+    this.target = null;
     this.thread = thread;
+    const drawing = (this.drawing = (this.drawing ?? 0) + 1);
+    const superseded = () => drawing !== this.drawing || this.thread?.id !== thread.id;
     this.clear();
     announce(this, "");
     if (thread.id === null) {
@@ -55,26 +72,85 @@ class AgencyMessageList extends HTMLElement {
       return;
     }
     const page = await api(`/api/v1/threads/${thread.id}/messages?limit=${PAGE}`).catch(() => null);
-    if (!page || this.thread !== thread) return; // failed (the next reload shows it), or superseded
+    if (!page || superseded()) return; // failed (the next reload shows it), or superseded
     this.earlier.hidden = !page.has_more;
     for (const message of page.messages) this.insert(message);
-    this.scrollToEnd();
+    const unread = thread.unread || 0;
+    const reached = () => (unread ? this.othersMessages().length >= unread : !target || this.items.has(target));
+    for (let pages = 0; !reached() && !this.earlier.hidden && pages < MAX_PAGES_BACK; pages += 1) {
+      if (!(await this.loadEarlier()) || superseded()) return;
+    }
+    const divider = this.placeDivider(unread);
+    const at = divider ?? this.items.get(target);
+    if (at) this.scrollTo(at);
+    else this.scrollToEnd();
     await this.markRead();
   }
 
+  // The thread shown already, shown again (the conversation reloaded, say after a
+  // reconnect): what is new joins what is shown, which stays where the user scrolled it.
+  async refresh(thread) {
+    this.thread = thread;
+    const atEnd = this.log.scrollTop + this.log.clientHeight >= this.log.scrollHeight - 4;
+    const page = await api(`/api/v1/threads/${thread.id}/messages?limit=${PAGE}`).catch(() => null);
+    if (!page || this.thread?.id !== thread.id) return;
+    for (const message of page.messages) {
+      if (message.deleted) this.tombstone(message.id);
+      this.insert(message);
+    }
+    if (atEnd) this.scrollToEnd();
+    await this.markRead();
+  }
+
+  // Loads the page before the first message shown; false when superseded or failed.
   async loadEarlier() {
     const thread = this.thread;
     const first = Math.min(...this.items.keys());
-    if (!thread?.id || first === Infinity) return;
-    const page = await api(`/api/v1/threads/${thread.id}/messages?limit=${PAGE}&before=${first}`);
-    if (this.thread !== thread) return;
+    if (!thread?.id || first === Infinity) return false;
+    const page = await api(`/api/v1/threads/${thread.id}/messages?limit=${PAGE}&before=${first}`).catch(() => null);
+    if (!page || this.thread?.id !== thread.id) return false;
     for (const message of page.messages) this.insert(message);
     this.earlier.hidden = !page.has_more;
+    return true;
   }
 
   markRead() {
+    if (!this.thread?.id) return Promise.resolve();
     const newest = Math.max(0, ...this.items.keys());
     return this.conversation.markRead(this.thread.id, newest);
+  }
+
+  // Back on a page left with the thread open: what came meanwhile is read now, under the
+  // "New" divider.
+  onVisible() {
+    if (document.visibilityState !== "visible" || !this.isOpen() || !this.thread?.id) return;
+    const divider = this.placeDivider();
+    if (divider) this.scrollTo(divider);
+    this.markRead();
+  }
+
+  // The messages shown that others wrote and that are not deleted, oldest first: the
+  // unread ones are the newest of them (a read marker is a message id).
+  othersMessages() {
+    const me = this.conversation.user?.id;
+    return [...this.items.entries()]
+      .filter(([, item]) => item.dataset.author !== me && !item.classList.contains("am-deleted"))
+      .sort(([a], [b]) => a - b)
+      .map(([, item]) => item);
+  }
+
+  // Puts the "New" divider above the first of `unread` unread messages, if any is shown;
+  // returns it.
+  placeDivider(unread = this.findThreadUnread()) {
+    const others = this.othersMessages();
+    const first = unread > 0 ? others[Math.max(0, others.length - unread)] : null;
+    if (!first) return null;
+    this.log.insertBefore(this.divider, first);
+    return this.divider;
+  }
+
+  findThreadUnread() {
+    return this.conversation.findById(this.thread?.id)?.unread ?? this.thread?.unread ?? 0;
   }
 
   // --- live -------------------------------------------------------------------------------
@@ -83,7 +159,7 @@ class AgencyMessageList extends HTMLElement {
     if (!this.isOpen() || !this.thread?.id || frame.thread !== this.thread.id) return;
     announce(this, "");
     this.insert(frame.message);
-    this.scrollToEnd();
+    if (document.visibilityState === "visible") this.scrollToEnd(); // else: at the divider on return
     if (frame.message.author.id !== this.conversation.user?.id) {
       this.conversation.countArrival(frame.thread);
       this.markRead();
@@ -96,19 +172,41 @@ class AgencyMessageList extends HTMLElement {
     this.scrollToEnd();
   }
 
-  remove(messageId) {
-    this.items.get(messageId)?.remove();
-    this.items.delete(messageId);
+  // A deleted message keeps its place, as a tombstone. When the focus was on it (or it was
+  // deleted from here), the focus goes on: to the next message's menu, or to the compose box.
+  tombstone(messageId, { moveFocus = false } = {}) {
+    let item = this.items.get(messageId);
+    if (!item) return;
+    const focusWasHere = moveFocus || item.contains(document.activeElement);
+    if (!item.classList.contains("am-deleted")) { // (the live event and the ack both come)
+      const stone = this.item({ ...item.message, deleted: true, body: null });
+      item.replaceWith(stone);
+      this.items.set(messageId, stone);
+      item = stone;
+    }
+    if (!focusWasHere) return;
+    const next = this.nextActions(item);
+    if (next) next.focus();
+    else this.dispatchEvent(new CustomEvent("am-focus-compose", { bubbles: true }));
+  }
+
+  nextActions(item) {
+    for (let next = item.nextElementSibling; next; next = next.nextElementSibling) {
+      const actions = next.querySelector(".am-actions");
+      if (actions) return actions;
+    }
+    return null;
   }
 
   // --- items ------------------------------------------------------------------------------
 
   // In id order, whatever order messages arrive in (history, live, an answer to a send).
   insert(message) {
-    if (message.deleted || this.items.has(message.id)) return;
-    const later = Math.min(...[...this.items.keys()].filter((id) => id > message.id));
+    if (this.items.has(message.id)) return;
+    const later = this.items.get(Math.min(...[...this.items.keys()].filter((id) => id > message.id)));
     const item = this.item(message);
-    this.log.insertBefore(item, this.items.get(later) ?? null);
+    // Above the divider when going before the first unread message: older ones are read.
+    this.log.insertBefore(item, later && later.previousElementSibling === this.divider ? this.divider : (later ?? null));
     this.items.set(message.id, item);
   }
 
@@ -116,16 +214,28 @@ class AgencyMessageList extends HTMLElement {
     this.log.scrollTop = this.log.scrollHeight;
   }
 
+  scrollTo(node) {
+    this.log.scrollTop += node.getBoundingClientRect().top - this.log.getBoundingClientRect().top - 8;
+  }
+
   item(message) {
     const mine = message.author.id === this.conversation.user?.id;
     const side = message.author.kind === "agency" ? "agency" : "hiring";
     const meta = el("div", { class: "am-meta" },
-      el("span", { class: "am-author", text: message.author.name }),
+      el("span", { class: "am-author", text: displayName(message.author) }),
       el("span", { class: "am-side", text: side === "agency" ? "Agency" : "Hiring team" }),
       el("time", { datetime: message.created_at, text: timeFormat.format(new Date(message.created_at)) }),
-      mine ? this.actionsMenu(message) : null);
-    return el("li", { class: `am-message am-${side}${mine ? " am-mine" : ""}`, "data-id": String(message.id) },
-      meta, el("p", { class: "am-body", text: message.body ?? "" }));
+      mine && !message.deleted ? this.actionsMenu(message) : null);
+    const text = message.deleted
+      ? el("p", { class: "am-tombstone", text: "Message deleted" })
+      : el("p", { class: "am-body", text: message.body ?? "" });
+    const item = el("li", {
+      class: `am-message am-${side}${mine ? " am-mine" : ""}${message.deleted ? " am-deleted" : ""}`,
+      "data-id": String(message.id),
+      "data-author": message.author.id,
+    }, meta, text);
+    item.message = message;
+    return item;
   }
 
   actionsMenu(message) {
@@ -150,7 +260,7 @@ class AgencyMessageList extends HTMLElement {
       text: "Delete",
       onclick: () => {
         setOpen(false);
-        this.delete(message);
+        this.askDelete(message, button);
       },
       onkeydown: (e) => {
         if (e.key !== "Escape") return;
@@ -162,12 +272,42 @@ class AgencyMessageList extends HTMLElement {
     return el("span", { class: "am-actions-wrap" }, button, menu);
   }
 
+  // --- deleting, after a confirmation ---------------------------------------------------
+
+  confirmDialog() {
+    const title = el("h3", { id: `am-confirm-title-${this.conversation.candidateId}`, text: "Delete this message?" });
+    const text = el("p", { id: `am-confirm-text-${this.conversation.candidateId}`, text: "It will show as deleted to everyone in this conversation." });
+    const cancel = el("button", { type: "button", class: "am-cancel", text: "Cancel", onclick: () => dialog.close("") });
+    const confirm = el("button", { type: "button", class: "am-confirm-delete", text: "Delete", onclick: () => dialog.close("delete") });
+    const dialog = el("dialog", { role: "alertdialog", class: "am-confirm", "aria-labelledby": title.id, "aria-describedby": text.id },
+      title, text, el("div", { class: "am-confirm-buttons" }, cancel, confirm));
+    // Escape closes this dialog alone, not the one around it.
+    dialog.addEventListener("cancel", (e) => e.stopPropagation());
+    dialog.addEventListener("close", (e) => {
+      e.stopPropagation();
+      const pending = this.pendingDelete;
+      this.pendingDelete = null;
+      if (!pending) return;
+      if (dialog.returnValue === "delete") this.delete(pending.message);
+      else pending.button.focus();
+    });
+    return dialog;
+  }
+
+  askDelete(message, button) {
+    this.pendingDelete = { message, button };
+    this.confirm.returnValue = "";
+    this.confirm.showModal();
+    this.confirm.querySelector(".am-cancel").focus(); // the choice that loses nothing
+  }
+
   async delete(message) {
     try {
       await this.client.remove(message.id);
-      this.remove(message.id);
+      this.tombstone(message.id, { moveFocus: true });
     } catch (error) {
       announce(this, `Could not delete: ${error.message}`);
+      this.items.get(message.id)?.querySelector(".am-actions")?.focus();
     }
   }
 }

@@ -1,7 +1,12 @@
 // <agency-messages candidate="c1">: the message bubble, with its blue dot, and the dialog
 // it opens. The dialog is put together from parts that share one Conversation:
 // <agency-thread-tabs>, <agency-private-menu>, <agency-message-list> and <agency-compose>.
-// Parts say what the status line should read with an `am-status` event.
+// Parts say what the status line should read with an `am-status` event, and ask for the
+// compose box's focus with `am-focus-compose`.
+//
+// The dialog itself lives at the end of the document, outside the host page's own layout:
+// a modal dialog inside a hidden part of the page (another tab of the profile, say) would
+// open unseen, and leave the page inert behind it.
 
 import "./am-compose.js";
 import { Conversation } from "./am-conversation.js";
@@ -31,8 +36,11 @@ class AgencyMessages extends HTMLElement {
     this.render();
     this.stopListening = [
       listen(this.conversation, { change: () => this.renderState(), lost: () => this.say(LOST_ACCESS) }),
-      listen(this, { "am-status": (e) => this.say(e.detail) }),
-      onOpenRequest(this.candidateId, () => this.open()),
+      listen(this.dialog, {
+        "am-status": (e) => this.say(e.detail),
+        "am-focus-compose": () => this.compose.focusInput(),
+      }),
+      onOpenRequest(this.candidateId, (at) => this.openAt(at)),
     ];
     this.conversation.start();
   }
@@ -40,6 +48,7 @@ class AgencyMessages extends HTMLElement {
   disconnectedCallback() {
     for (const stop of this.stopListening) stop();
     this.conversation.stop();
+    this.dialog.remove();
   }
 
   render() {
@@ -62,7 +71,8 @@ class AgencyMessages extends HTMLElement {
         el("button", { type: "button", class: "am-close", "aria-label": "Close", text: "×", onclick: () => this.dialog.close() })),
       el("div", { class: "am-toolbar" }, this.part("agency-thread-tabs"), this.part("agency-private-menu")),
       this.panel);
-    this.replaceChildren(this.bubble, this.dialog);
+    this.replaceChildren(this.bubble);
+    document.body.append(this.dialog);
   }
 
   // A part of the dialog: created with the conversation it renders, before it connects.
@@ -84,8 +94,21 @@ class AgencyMessages extends HTMLElement {
 
   async open() {
     if (!this.dialog.open) this.dialog.showModal();
-    await this.list.show();
+    await this.list.show({ fresh: true });
     this.compose.focusInput();
+  }
+
+  // Opens at a thread (by id) and a message in it, when the user sees that thread; else at
+  // the thread selected already, or (`onlyThere`: a link) not at all.
+  async openAt({ thread: threadId, message: messageId, onlyThere = false } = {}) {
+    const thread = threadId ? await this.conversation.threadById(threadId) : null;
+    if (!thread && onlyThere) return;
+    if (thread) {
+      this.conversation.selected = thread;
+      this.conversation.emit("change");
+      this.list.target = messageId ?? null;
+    }
+    await this.open();
   }
 }
 

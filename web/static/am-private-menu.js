@@ -1,17 +1,25 @@
-// <agency-private-menu>: the dialog's "Message privately" button. A member starts a private
-// thread with the agency user at once; an agency user picks among the members it may
-// write to privately. Part of <agency-messages>, which hands it its `conversation`.
+// <agency-private-menu>: the dialog's "Message privately" button. It opens the private
+// thread with the other side, a draft until its first message: a member with the agency
+// user (picked from a menu when the candidate has several), an agency user with one of the
+// members it may write to privately (always from a menu). Part of <agency-messages>, which
+// hands it its `conversation`.
 
-import { el, listen } from "./am-shared.js";
+import { displayName, el, listen } from "./am-shared.js";
 
 class AgencyPrivateMenu extends HTMLElement {
   connectedCallback() {
-    this.button = el("button", { type: "button", class: "am-private", text: "Message privately", hidden: true, onclick: () => this.start() });
+    this.button = el("button", {
+      type: "button",
+      class: "am-private",
+      text: "Message privately",
+      hidden: true,
+      onclick: () => this.start(),
+    });
     this.menu = el("div", { role: "menu", class: "am-menu", hidden: true, "aria-label": "Message privately with" });
     this.replaceChildren(this.button, this.menu);
     this.stopListening = [
       listen(this.conversation, { change: () => { this.button.hidden = !this.conversation.canGoPrivate; } }),
-      listen(this.closest("dialog") ?? this, { close: () => { this.menu.hidden = true; } }),
+      listen(this.closest("dialog") ?? this, { close: () => this.setOpen(false) }),
     ];
   }
 
@@ -19,34 +27,45 @@ class AgencyPrivateMenu extends HTMLElement {
     for (const stop of this.stopListening) stop();
   }
 
-  async start() {
-    const { user, candidate, selected } = this.conversation;
+  start() {
+    const { user, candidate } = this.conversation;
     if (user.kind === "agency") {
-      this.toggleContacts(candidate);
+      this.toggle(candidate.private_contacts.map((member) => ({
+        text: member.id === candidate.coordinator?.id ? `${member.name} (coordinator)` : displayName(member),
+        other: member,
+      })));
       return;
     }
-    const agencyUser = selected?.agency_user ?? candidate.agency_users[0];
-    if (agencyUser) await this.openPrivate({ private: true, agency_user: agencyUser.id });
+    const agencyUsers = candidate.agency_users;
+    if (agencyUsers.length === 1) this.open(agencyUsers[0]);
+    else this.toggle(agencyUsers.map((agencyUser) => ({ text: displayName(agencyUser), other: agencyUser })));
   }
 
-  toggleContacts(candidate) {
-    const show = this.menu.hidden;
-    this.menu.replaceChildren(...candidate.private_contacts.map((member) => el("button", {
+  toggle(choices) {
+    const open = this.menu.hidden;
+    this.button.setAttribute("aria-haspopup", "menu");
+    this.menu.replaceChildren(...choices.map(({ text, other }) => el("button", {
       type: "button",
       role: "menuitem",
-      text: member.id === candidate.coordinator?.id ? `${member.name} (coordinator)` : member.name,
+      text,
       onclick: () => {
-        this.menu.hidden = true;
-        this.openPrivate({ private: true, member: member.id });
+        this.setOpen(false);
+        this.open(other);
       },
     })));
-    this.menu.hidden = !show;
-    if (show) this.menu.querySelector('[role="menuitem"]')?.focus();
+    this.setOpen(open);
+    if (open) this.menu.querySelector('[role="menuitem"]')?.focus();
   }
 
-  async openPrivate(request) {
-    const thread = await this.conversation.openThread(request);
-    this.conversation.select(thread);
+  setOpen(open) {
+    this.menu.hidden = !open;
+    if (this.button.hasAttribute("aria-haspopup")) this.button.setAttribute("aria-expanded", String(open));
+  }
+
+  // The private thread with `other`, ready to write in.
+  open(other) {
+    this.conversation.startPrivate(other);
+    this.dispatchEvent(new CustomEvent("am-focus-compose", { bubbles: true }));
   }
 }
 

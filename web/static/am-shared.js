@@ -48,15 +48,21 @@ export function listen(target, handlers) {
   };
 }
 
-// The "new message" line asks the candidate's <agency-messages> to open its dialog.
+// A user as people see it: an agency user with its agency ("Ann Agent · TalentCo").
+export function displayName(user) {
+  return user?.agency?.name ? `${user.name} · ${user.agency.name}` : (user?.name ?? "");
+}
+
+// The "new message" line (or the page, for a link) asks the candidate's <agency-messages>
+// to open its dialog, at a thread when it names one: {thread, message} (ids, both optional).
 const OPEN_REQUEST = "agency-messages:open";
 
-export function requestOpen(candidate) {
-  document.dispatchEvent(new CustomEvent(OPEN_REQUEST, { detail: { candidate } }));
+export function requestOpen(candidate, at = {}) {
+  document.dispatchEvent(new CustomEvent(OPEN_REQUEST, { detail: { candidate, ...at } }));
 }
 
 export function onOpenRequest(candidate, open) {
-  return listen(document, { [OPEN_REQUEST]: (e) => e.detail.candidate === candidate && open() });
+  return listen(document, { [OPEN_REQUEST]: (e) => e.detail.candidate === candidate && open(e.detail) });
 }
 
 // A part of a dialog tells the dialog what to say in its status line.

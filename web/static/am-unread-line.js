@@ -1,11 +1,12 @@
 // <agency-unread-line candidate="c1">: the top bar's line naming the newest unread message
-// about the candidate; activating it opens the candidate's <agency-messages> dialog.
+// about the candidate; activating it opens the candidate's <agency-messages> dialog at the
+// thread that holds the message.
 //
 // It loads GET /api/v1/unread once it follows the candidate, and again after a reconnect
 // (unread frames are not replayed). Between those, frames alone move it: counts come in
 // `unread` and `unread.summary`, message text in `message.created` (see am-unread-state.js).
 
-import { api, blueDot, client, el, follow, listen, me, requestOpen } from "./am-shared.js";
+import { api, blueDot, client, displayName, el, follow, listen, me, requestOpen } from "./am-shared.js";
 import { CandidateUnread } from "./am-unread-state.js";
 
 const FRAMES = ["unread", "unread.summary", "message.created", "message.deleted"];
@@ -72,9 +73,10 @@ class AgencyUnreadLine extends HTMLElement {
   }
 
   line(message) {
-    return el("button", { type: "button", class: "am-new-line", onclick: () => requestOpen(this.candidateId) },
+    const open = () => requestOpen(this.candidateId, { thread: message.thread, message: message.id });
+    return el("button", { type: "button", class: "am-new-line", onclick: open },
       blueDot(),
-      el("strong", { text: `New message from ${message.author.name}: ` }),
+      el("strong", { text: `New message from ${displayName(message.author)}: ` }),
       el("span", { class: "am-new-text", text: message.body ?? "" }));
   }
 }

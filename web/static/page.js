@@ -1,17 +1,22 @@
-// The demo host ATS's own page script: who is signed in, and the candidate profile's tabs.
+// The demo host ATS's own page script: who is signed in, the candidate profile's tabs, and
+// links that open the conversation at a message (?thread=…&message=…, as in email alerts).
 import { api } from "./am-client.js";
+import { displayName, requestOpen } from "./am-shared.js";
 
 async function main() {
   let user;
   try {
     user = await api("/api/v1/me");
   } catch {
-    document.querySelector("main").replaceChildren(
+    const main = document.querySelector("main");
+    const fallback = () => main.replaceChildren(
       Object.assign(document.createElement("p"), { textContent: "Please sign in with a login link." }),
     );
+    await import("./am-signin.js").then((m) => m.signedOut(main)).catch(fallback);
     return;
   }
-  document.getElementById("me").textContent = `${user.name} · ${user.kind === "agency" ? "Agency" : "Hiring team"}`;
+  const side = user.kind === "agency" ? (user.agency?.name ?? "Agency") : "Hiring team";
+  document.getElementById("me").textContent = `${user.name} · ${side}`;
   const profile = document.getElementById("profile");
   if (profile) await candidatePage();
 }
@@ -26,13 +31,14 @@ async function candidatePage() {
   document.title = `${candidate.name} · Acme ATS`;
   document.getElementById("candidate-name").textContent = candidate.name;
   document.getElementById("coordinator").textContent = candidate.coordinator?.name ?? "–";
-  document.getElementById("agency-users").textContent = candidate.agency_users.map((u) => u.name).join(", ") || "–";
+  document.getElementById("agency-users").textContent = candidate.agency_users.map(displayName).join(", ") || "–";
   const line = document.createElement("agency-unread-line");
   line.setAttribute("candidate", candidateId);
   document.getElementById("unread-slot").append(line);
   const messages = document.createElement("agency-messages");
   messages.setAttribute("candidate", candidateId);
   document.getElementById("messages-slot").append(messages);
+  openLinkedMessage(candidateId);
 
   const tabs = [...document.querySelectorAll('.profile-tabs [role="tab"]')];
   for (const tab of tabs) {
@@ -45,6 +51,16 @@ async function candidatePage() {
       }
     });
   }
+}
+
+// A link names a thread and a message in it: the conversation opens there, if the user sees
+// that thread (anything else opens the page as usual).
+function openLinkedMessage(candidateId) {
+  const params = new URLSearchParams(location.search);
+  const id = (name) => (/^[1-9][0-9]{0,15}$/.test(params.get(name) ?? "") ? Number(params.get(name)) : null);
+  const thread = id("thread");
+  if (thread === null) return;
+  requestOpen(candidateId, { thread, message: id("message"), onlyThere: true });
 }
 
 main();
