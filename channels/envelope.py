@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import orjson
 
+# Every process follows this channel: the events of users (unread counts, sign-outs).
 UNREAD_CHANNEL = "am.unread"
 
 # What moved a user's unread counts. Only a new message is applied as a delta; any other
@@ -47,7 +48,15 @@ class UnreadEnvelope:
     message_id: int = 0  # the new message, for UNREAD_CREATED
 
 
-Envelope = EventEnvelope | RevokedEnvelope | UnreadEnvelope
+@dataclass(frozen=True, slots=True)
+class SignedOutEnvelope:
+    """This user's sockets close, on every process (on UNREAD_CHANNEL)."""
+
+    org_pk: int
+    user_pk: int
+
+
+Envelope = EventEnvelope | RevokedEnvelope | UnreadEnvelope | SignedOutEnvelope
 
 
 def encode(message: Envelope) -> bytes:
@@ -67,6 +76,8 @@ def encode(message: Envelope) -> bytes:
             "x": message.erased,
         }
         return orjson.dumps(header)
+    if isinstance(message, SignedOutEnvelope):
+        return orjson.dumps({"k": "s", "o": message.org_pk, "u": message.user_pk})
     header = {
         "k": "u",
         "o": message.org_pk,
@@ -88,6 +99,8 @@ def decode(payload: bytes) -> Envelope | None:
             return EventEnvelope(header["c"], header["s"], frozenset(header["a"]), rest.decode())
         if kind == "r":
             return RevokedEnvelope(header["c"], frozenset(header["u"]), bool(header["x"]))
+        if kind == "s":
+            return SignedOutEnvelope(int(header["o"]), int(header["u"]))
         if kind == "u":
             return UnreadEnvelope(
                 header["o"],

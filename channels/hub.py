@@ -58,6 +58,7 @@ REPLAY_BATCH = 500
 # process following thousands of candidates holds a few hundred MiB at the very most.
 RECENT_EVENTS = 256
 RECENT_CHARS = 128 * 1024
+SIGNED_OUT = "The session has ended; sign in again."
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,6 +569,8 @@ class Hub:
             self._on_revoked(message)
         elif isinstance(message, envelope.UnreadEnvelope):
             self._on_unread(message)
+        elif isinstance(message, envelope.SignedOutEnvelope):
+            self._on_signed_out(message)
 
     def _on_event(self, candidate_pk: int, event: LoggedEvent) -> None:
         channel = self.channels.get(candidate_pk)
@@ -645,6 +648,11 @@ class Hub:
             task = asyncio.create_task(self._close_channel_if_idle(channel), name="hub-close")
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+    def _on_signed_out(self, message: envelope.SignedOutEnvelope) -> None:
+        """Closes the user's sockets here; each leaves the hub as its endpoint ends."""
+        for connection in list(self.users.get((message.org_pk, message.user_pk), ())):
+            connection.close(protocol.CLOSE_SESSION_EXPIRED, SIGNED_OUT)
 
     async def on_broker_reconnect(self) -> None:
         for channel in list(self.channels.values()):

@@ -409,7 +409,7 @@ CLOSE_CLIENT_GONE: Final = 1006  # never sent: the client closed or vanished
 CLOSE_TOO_BIG: Final = 1009
 CLOSE_INTERNAL_ERROR: Final = 1011
 CLOSE_IDLE: Final = 4000
-CLOSE_SESSION_EXPIRED: Final = 4001
+CLOSE_SESSION_EXPIRED: Final = 4001  # also when the host ATS erases the user
 CLOSE_TOO_SLOW: Final = 4008
 CLOSE_TOO_MANY_CONNECTIONS: Final = 4029
 
@@ -422,7 +422,7 @@ CLOSE_CODES: Final = {
     CLOSE_INTERNAL_ERROR: "an internal error",
     1012: "the server process is restarting",
     CLOSE_IDLE: "no frame within the idle timeout",
-    CLOSE_SESSION_EXPIRED: "the token behind the socket has expired",
+    CLOSE_SESSION_EXPIRED: "the session has ended: its token expired, or its user was erased",
     CLOSE_TOO_SLOW: "the client read too slowly and its send queue overflowed",
     CLOSE_TOO_MANY_CONNECTIONS: "too many open sockets for this user, or from this address",
 }

@@ -100,6 +100,9 @@ class User(Base):
     email_muted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     # An IANA zone name ("Europe/Paris"): the times in the user's emails are shown in it.
     time_zone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
+    # Set when the host ATS erased the person (name and email replaced): the user is then
+    # no longer provisioned, and its signed tokens and session cookies stop working.
+    erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 # Ids of rows that can be erased never come back on SQLite (AUTOINCREMENT): a client, a

@@ -23,6 +23,7 @@ from starlette.routing import Route
 from server.app import create_app
 from server.settings import Settings
 from storage.database import Database
+from tests.support.realtime import WsClient
 from tests.support.world import SECRET, Api, make_settings, populate_world
 
 # --- helpers --------------------------------------------------------------------------
@@ -443,8 +444,10 @@ async def test_thread_and_candidate_unread_agree(world: Api) -> None:
 # --- candidate shape ------------------------------------------------------------------
 
 
-def _user(uid: str, kind: str) -> dict[str, str]:
-    return {"id": uid, "name": uid.title(), "kind": kind}
+def _user(uid: str, kind: str) -> dict[str, Any]:
+    """The contract's `User` of the world's people (agency users all of agency `ag`)."""
+    agency = {"id": "ag", "name": "Ag"} if kind == "agency" else None
+    return {"id": uid, "name": uid.title(), "kind": kind, "agency": agency}
 
 
 def _by_id(users: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -489,6 +492,54 @@ async def test_candidate_as_member_and_as_agency_user(world: Api) -> None:
     assert body["coordinator"] is None and body["agency_users"] == [_user("abe", "agency")]
     body = (await world.get("acme", "abe", "/api/v1/candidates/c2")).json()
     assert body["coordinator"] is None and body["private_contacts"] == []
+
+
+async def test_agency_users_name_their_agency_everywhere(world: Api, live: str) -> None:
+    """Every `User` carries its agency (null for a member): /me, the session, candidates,
+    threads, messages in REST, live events and replays."""
+    ag = {"id": "ag", "name": "Ag"}
+    me = (await world.get("acme", "ann", "/api/v1/me")).json()
+    assert me == {"id": "ann", "name": "Ann", "kind": "agency", "agency": ag, "org": "acme"}
+    assert (await world.get("acme", "mem", "/api/v1/me")).json()["agency"] is None
+    session = await world.client.post("/api/v1/session", json={"token": world.token("acme", "ann")})
+    world.client.cookies.clear()
+    assert session.json()["user"]["agency"] == ag
+
+    member = await WsClient.connect(live, world.token("acme", "mem"))
+    agent = await WsClient.connect(live, world.token("acme", "ann"))
+    try:
+        await member.request("subscribe", candidate="c1")
+        thread = await world.open_thread("acme", "ann", "c1", {"private": False})
+        assert thread["agency_user"]["agency"] == ag
+        sent = await agent.request("send", thread=thread["id"], body="From TalentCo")
+        assert sent["message"]["author"]["agency"] == ag
+        live_event = await member.next_event(type="message.created")
+        assert live_event["message"]["author"] == _user("ann", "agency")
+        rest = await world.send("acme", "mem", thread["id"], "Thanks")
+        assert rest["author"] == _user("mem", "member")
+    finally:
+        await member.close()
+        await agent.close()
+
+    # The agency renamed: every read shows its name as it is now.
+    renamed = {"id": "ag", "name": "TalentCo"}
+    await world.provision("acme/agencies/ag", {"name": "TalentCo"})
+    page = (await world.get("acme", "mem", f"/api/v1/threads/{thread['id']}/messages")).json()
+    assert [m["author"]["agency"] for m in page["messages"]] == [renamed, None]
+    listed = (await world.get("acme", "mem", "/api/v1/candidates/c1/threads")).json()["threads"]
+    assert listed[0]["agency_user"]["agency"] == renamed
+    assert listed[0]["last_message"]["author"]["agency"] is None
+    candidate = (await world.get("acme", "mem", "/api/v1/candidates/c1")).json()
+    assert candidate["agency_users"][0]["agency"] == renamed
+    unread = (await world.get("acme", "coord", "/api/v1/unread")).json()["candidates"]
+    assert unread[0]["latest"]["author"]["agency"] is None
+    replayer = await WsClient.connect(live, world.token("acme", "coord"))
+    try:
+        await replayer.request("subscribe", candidate="c1", after=0)
+        replayed = await replayer.next_event(type="message.created")
+        assert replayed["message"]["author"]["agency"] == renamed
+    finally:
+        await replayer.close()
 
 
 # --- open thread ----------------------------------------------------------------------
@@ -558,7 +609,8 @@ async def test_provisioning_upserts_are_idempotent(api: Api, settings: Settings)
     )
     assert renamed.status_code == 200
     body = (await api.get("neworg", "m1", "/api/v1/candidates/k1")).json()
-    assert body["agency_users"] == [{"id": "a1", "name": "A Renamed", "kind": "agency"}]
+    renamed_user = {"id": "a1", "name": "A Renamed", "kind": "agency"}
+    assert body["agency_users"] == [renamed_user | {"agency": {"id": "ag1", "name": "Agency One"}}]
     rows = await query(settings, "SELECT count(*) FROM users WHERE ext_id IN ('m1', 'a1')")
     assert rows[0][0] == 2
 

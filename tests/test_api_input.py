@@ -623,6 +623,9 @@ async def test_provisioning_malformed_json_is_422(world: Api) -> None:
     assert_error(await put_raw(world, "neworg/agencies/a", {"name": "A"}), 404, "not_found")
 
 
+# ann as the contract's `User`: an agency user names its agency.
+ANN = {"id": "ann", "name": "Ann", "kind": "agency", "agency": {"id": "ag", "name": "Ag"}}
+
 USER_BAD: list[tuple[str, dict[str, Any]]] = [
     ("kind-invalid", {"name": "Zed", "email": "zed@x.example", "kind": "admin"}),
     ("kind-missing", {"name": "Zed", "email": "zed@x.example"}),
@@ -667,8 +670,13 @@ async def test_bad_user_is_422_and_not_stored(world: Api, case: str, body: dict[
     existing = "ann" if body.get("kind") == "agency" else "coord"
     assert_error(await put_raw(world, f"acme/users/{existing}", body), 422, "invalid")
     candidate = (await world.get("acme", "mem", "/api/v1/candidates/c1")).json()
-    assert candidate["coordinator"] == {"id": "coord", "name": "Coord", "kind": "member"}
-    assert candidate["agency_users"] == [{"id": "ann", "name": "Ann", "kind": "agency"}]
+    assert candidate["coordinator"] == {
+        "id": "coord",
+        "name": "Coord",
+        "kind": "member",
+        "agency": None,
+    }
+    assert candidate["agency_users"] == [ANN]
 
 
 async def test_changing_a_users_kind_is_409_and_changes_nothing(world: Api) -> None:
@@ -685,9 +693,9 @@ async def test_changing_a_users_kind_is_409_and_changes_nothing(world: Api) -> N
     )
     assert_error(response, 409, "conflict")
     candidate = (await world.get("acme", "mem", "/api/v1/candidates/c1")).json()
-    assert candidate["agency_users"] == [{"id": "ann", "name": "Ann", "kind": "agency"}]
+    assert candidate["agency_users"] == [ANN]
     me = (await world.get("acme", "ann", "/api/v1/candidates/c1")).json()
-    assert me["agency_users"] == [{"id": "ann", "name": "Ann", "kind": "agency"}]
+    assert me["agency_users"] == [ANN]
     # mem is still a member with access.
     thread = await world.open_thread("acme", "mem", "c1", {"agency_user": "ann", "private": False})
     assert thread["kind"] == "agency"
@@ -743,7 +751,9 @@ async def test_names_with_control_characters_never_break_json(world: Api, name: 
     assert response.json()["name"] == name
     candidate = await world.get("acme", "mem", "/api/v1/candidates/c1")
     assert candidate.status_code == 200
-    assert candidate.json()["agency_users"] == [{"id": "ann", "name": name, "kind": "agency"}]
+    assert candidate.json()["agency_users"] == [
+        {"id": "ann", "name": name, "kind": "agency", "agency": {"id": "ag", "name": "Ag"}}
+    ]
     thread = await world.open_thread("acme", "ann", "c1", {"private": False})
     assert thread["agency_user"]["name"] == name
     sent = await world.send("acme", "ann", thread["id"], "hello")

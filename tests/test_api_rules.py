@@ -11,9 +11,9 @@ written from the interface (docs/api.md) and never by asking server.domain.rules
   coordinator: the design decision that the coordinator counts even when not listed); an
   agency user sees it while linked to it.
 - Agency thread: seen by every member who sees the candidate and by its agency user (while
-  linked); anyone who sees it may post (even after its agency user is unlinked).
-  Private thread: seen by its two people, each while they see the candidate; posting needs
-  both of them to still see the candidate.
+  linked); anyone who sees it may post while its agency user is linked (after an unlink the
+  members still read it, but posting is 403). Private thread: seen by its two people, each
+  while they see the candidate; posting needs both of them to still see the candidate.
 - Not visible: 404; visible but not allowed: 403; allowed: 200/201/204.
 - Only the author deletes a message.
 - Opening is a get-or-create: a thread the caller already sees is returned (200). Creating:
@@ -140,7 +140,7 @@ class Model:
         if not self.sees(user, t):
             return False
         if t.kind == AGENCY_THREAD:
-            return True
+            return self.sees_candidate(t.agency_user, t.org)
         assert t.member is not None
         return self.sees_candidate(t.agency_user, t.org) and self.sees_candidate(t.member, t.org)
 

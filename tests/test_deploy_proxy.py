@@ -429,7 +429,13 @@ async def test_rest_and_websocket_through_the_tls_proxy(running: Stack) -> None:
 
         me = await api.get(ORG, AGENT, "/api/v1/me")
         assert me.status_code == 200, me.text
-        assert me.json() == {"id": AGENT, "name": "Ann", "kind": "agency", "org": ORG}
+        assert me.json() == {
+            "id": AGENT,
+            "name": "Ann",
+            "kind": "agency",
+            "agency": {"id": "ag", "name": "Ag"},
+            "org": ORG,
+        }
 
         # The server sees https (X-Forwarded-Proto from a trusted proxy): its session cookie
         # is Secure through the proxy, and not when reached over plain HTTP directly.

@@ -805,7 +805,9 @@ async def test_html_and_sql_in_provisioned_names_are_kept_verbatim(world: Api) -
         )
         candidate = (await world.get("acme", "mem", f"/api/v1/candidates/h{index}")).json()
         assert candidate["name"] == text
-        assert candidate["agency_users"] == [{"id": "ann", "name": text, "kind": "agency"}]
+        assert candidate["agency_users"] == [
+            {"id": "ann", "name": text, "kind": "agency", "agency": {"id": "ag", "name": "Ag"}}
+        ]
     listed = (await world.get("acme", "mem", "/api/v1/candidates")).json()["candidates"]
     assert {c["name"] for c in listed} >= set(HOSTILE_TEXT)
     # The tables are all still there.

@@ -231,6 +231,7 @@ ORG = "/api/v1/orgs/{org}"
 AGENCY = "/api/v1/orgs/{org}/agencies/{agency}"
 USER = "/api/v1/orgs/{org}/users/{user}"
 CANDIDATE = "/api/v1/orgs/{org}/candidates/{cand}"
+AUDIT = "/api/v1/orgs/{org}/audit"
 SESSION = "/api/v1/session"
 THREADS = "/api/v1/candidates/{cand}/threads"
 MESSAGES = "/api/v1/threads/{id}/messages"
@@ -255,8 +256,16 @@ async def provisioning(c: Client) -> None:
     await c.call("PUT", AGENCY, 404, who=s, json={"name": "Ag"}, org="nowhere", agency="ag")
     await c.call("PUT", USER, 404, who=s, json=member, org="nowhere", user="max")
     await c.call("PUT", CANDIDATE, 404, who=s, json={"name": "C"}, org="nowhere", cand="c9")
+    for _ in range(2):  # erasing an erased person again is a no-op
+        await c.call("DELETE", USER, 204, who=s, org="new", user="amy")
+    await c.call("DELETE", USER, 404, who=s, org="new", user="nobody")
+    await c.call("DELETE", USER, 404, who=s, org="nowhere", user="amy")
     await c.call("DELETE", CANDIDATE, 204, who=s, org="new", cand="c9")
     await c.call("DELETE", CANDIDATE, 404, who=s, org="nowhere", cand="c9")
+    page = (await c.call("GET", AUDIT, 200, who=s, org="new")).json()
+    assert [r["action"] for r in page["records"]] == ["user.erased"]
+    await c.call("GET", AUDIT, 404, who=s, org="nowhere")
+    await c.call("GET", AUDIT, 422, who=s, params={"limit": 0}, org="new")
 
 
 async def sessions(c: Client) -> None:
@@ -322,6 +331,8 @@ async def reading(c: Client) -> None:
     await c.call("GET", THREADS, 404, who=OUT, cand="c1")
     unread = (await c.call("GET", "/api/v1/unread", 200, who=COORD)).json()
     assert unread["candidates"], "coord has unread messages to check"
+    audit = (await c.call("GET", AUDIT, 200, who="service", org="acme")).json()
+    assert [r["action"] for r in audit["records"]] == ["message.deleted"]  # ann's "hello"
     await c.call("GET", NOTIFICATIONS, 200, who=MEM)
     muted = {"muted": True, "muted_candidates": ["c1"]}
     await c.call("PUT", NOTIFICATIONS, 200, who=MEM, json=muted)

@@ -314,15 +314,19 @@ async def test_a_revoked_user_gets_nothing(world: Api, live: str, followed_here:
         assert ack["candidates"] == [{"candidate": "c1", "seq": 0, "reset": False}]
         await client.close()
     await world.send("acme", "ann", agency["id"], "before")
-    # mem loses its access, ann is unlinked.
-    await world.candidate("acme", "c1", coordinator="coord", members=["coord"], agency_users=[])
-    await world.send("acme", "coord", agency["id"], "after")
+    # mem loses its access, ann is unlinked; the candidate goes on with another agency user
+    # (ann's own thread takes no more posts).
+    await world.candidate(
+        "acme", "c1", coordinator="coord", members=["coord"], agency_users=["abe"]
+    )
+    other = await world.open_thread("acme", "coord", "c1", {"agency_user": "abe", "private": False})
+    await world.send("acme", "coord", other["id"], "after")
 
     for user in ("mem", "ann"):
         client = await socket(world, live, user)
         ack = await client.request("subscribe", candidates=[{"candidate": "c1", "after": 0}])
         assert ack["candidates"][0]["error"]["code"] == "not_found", ack
-        await world.send("acme", "coord", agency["id"], f"while {user} waits")
+        await world.send("acme", "coord", other["id"], f"while {user} waits")
         await client.quiet(0.3)
         assert message_frames(client) == []
         await client.close()

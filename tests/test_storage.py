@@ -598,6 +598,14 @@ async def test_erasing_a_candidate_leaves_no_rows(world: Api, database: Database
     assert await count(Message, Message.id == kept["id"]) == 1
     missing = await world.get("acme", "ann", f"/api/v1/threads/{agency['id']}/messages")
     assert missing.status_code == 404
+    # The audit trail outlives the candidate: the deletion of "oops" is still on record.
+    audit = await world.client.get("/api/v1/orgs/acme/audit", headers=world.service)
+    (record,) = audit.json()["records"]
+    assert (record["action"], record["candidate"], record["message"]) == (
+        "message.deleted",
+        "c1",
+        gone["id"],
+    )
 
 
 async def test_ids_of_an_erased_candidate_are_never_handed_out_again(

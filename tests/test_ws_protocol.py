@@ -155,7 +155,12 @@ async def test_send_ack_is_the_rest_message_and_client_id_is_idempotent(
     listed = await world.get("acme", "ann", f"/api/v1/threads/{thread['id']}/messages")
     assert listed.json()["messages"] == [message]
     assert message["body"] == "Hello there" and message["deleted"] is False
-    assert message["author"] == {"id": "ann", "name": "Ann", "kind": "agency"}
+    assert message["author"] == {
+        "id": "ann",
+        "name": "Ann",
+        "kind": "agency",
+        "agency": {"id": "ag", "name": "Ag"},
+    }
     assert message["thread"] == thread["id"] and message["candidate"] == "c1"
 
     first = await client.request("send", thread=thread["id"], body="once", client_id="k-1")

@@ -34,9 +34,22 @@ from server.domain.views import (
     threads_json,
 )
 from storage.database import Database
-from storage.models import Candidate, Event, Message, ReadMarker, Thread, User, utcnow
+from storage.models import (
+    AuditRecord,
+    Candidate,
+    Event,
+    Message,
+    ReadMarker,
+    Thread,
+    User,
+    utcnow,
+)
 
 log = logging.getLogger("agency_messaging.actions")
+
+# The actions of the audit trail (storage.models.AuditRecord).
+AUDIT_MESSAGE_DELETED = "message.deleted"
+AUDIT_USER_ERASED = "user.erased"
 
 # A send decides on access kept in memory and checks it at the write; when it moved, the
 # send reads it again and retries, a few times at most under a storm of access changes.
@@ -88,7 +101,7 @@ class Messaging:
                 session.add(thread)
                 await session.flush()
             rules.require_thread(who.actor, access, facts.thread_ref(thread))
-            (body,) = await threads_json(session, who.actor, [thread], candidate.ext_id)
+            (body,) = await threads_json(session, who.actor, [thread], candidate.ext_id, access)
         return body, created
 
     async def _user_pk(
@@ -210,7 +223,7 @@ class Messaging:
             deleted=False,
         )
         payload = message_json(message, who.user_json(), target.candidate_id)
-        events = _thread_events(
+        events = thread_events(
             protocol.MESSAGE_CREATED, target, posted.seq, posted.message_id, payload, who.actor.pk
         )
         await self.sink.publish(events)
@@ -239,7 +252,20 @@ class Messaging:
                 update(Message).where(Message.id == message_id).values(deleted=True, body=None)
             )
             seq = await self._append_event(conn, target, protocol.MESSAGE_DELETED, message_id)
-            events = _thread_events(
+            # In the same transaction: the record of who deleted what outlives the text.
+            await conn.execute(
+                insert(AuditRecord).values(
+                    org_pk=who.actor.org_pk,
+                    at=utcnow(),
+                    action=AUDIT_MESSAGE_DELETED,
+                    actor_id=who.user_id,
+                    user_id=None,
+                    candidate_id=target.candidate_id,
+                    thread_id=target.ref.id,
+                    message_id=message_id,
+                )
+            )
+            events = thread_events(
                 protocol.MESSAGE_DELETED, target, seq, message_id, None, who.actor.pk
             )
         await self.sink.publish(events)
@@ -328,7 +354,7 @@ async def _repeat(session: AsyncSession, who: Principal, client_id: str) -> Json
     return row.to_json()
 
 
-def _thread_events(
+def thread_events(
     kind: str,
     target: Target,
     seq: int,

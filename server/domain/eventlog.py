@@ -19,7 +19,7 @@ from server.domain import facts, rules, views
 from server.domain.facts import Principal
 from server.domain.rules import Actor, CandidateAccess, ThreadRef
 from storage.database import Database
-from storage.models import Candidate, Event, Message, Thread, User, utcnow
+from storage.models import Agency, Candidate, Event, Message, Thread, User, utcnow
 
 log = logging.getLogger("agency_messaging.eventlog")
 PRUNE_BATCH = 500  # candidates per transaction
@@ -45,10 +45,18 @@ def _logged_event(
     thread: Thread,
     message: Message,
     author: User,
+    agency: Agency | None,
     candidate_id: str,
     audience: frozenset[int] = frozenset(),
 ) -> LoggedEvent:
-    payload = views.message_json(message, views.user_json(author), candidate_id)
+    author_json = views.user_ref(
+        author.ext_id,
+        author.name,
+        author.kind,
+        agency.ext_id if agency else None,
+        agency.name if agency else None,
+    )
+    payload = views.message_json(message, author_json, candidate_id)
     frame = protocol.candidate_event(
         event.kind, candidate_id, event.seq, thread.id, message.id, payload
     )
@@ -85,10 +93,11 @@ class SqlEventSource:
                 return []
             access = await facts.candidate_access(session, candidate)
             rows = await session.execute(
-                select(Event, Thread, Message, User)
+                select(Event, Thread, Message, User, Agency)
                 .join(Thread, Thread.id == Event.thread_id)
                 .join(Message, Message.id == Event.message_id)
                 .join(User, User.pk == Message.author_pk)
+                .outerjoin(Agency, Agency.pk == User.agency_pk)
                 .where(Event.candidate_pk == candidate_pk, Event.seq > after)
                 .order_by(Event.seq)
                 .limit(limit)
@@ -99,10 +108,11 @@ class SqlEventSource:
                     thread,
                     message,
                     author,
+                    agency,
                     candidate.ext_id,
                     rules.thread_viewers(access, facts.thread_ref(thread)),
                 )
-                for event, thread, message, author in rows
+                for event, thread, message, author, agency in rows
             ]
 
     async def log_reads(
@@ -151,18 +161,19 @@ async def _events_in_ranges(
         for pk, seq in after.items()
     ]
     rows = await session.execute(
-        select(Event, Thread, Message, User, Candidate.ext_id)
+        select(Event, Thread, Message, User, Agency, Candidate.ext_id)
         .join(Thread, Thread.id == Event.thread_id)
         .join(Message, Message.id == Event.message_id)
         .join(User, User.pk == Message.author_pk)
+        .outerjoin(Agency, Agency.pk == User.agency_pk)
         .join(Candidate, Candidate.pk == Event.candidate_pk)
         .where(or_(*ranges))
         .order_by(Event.candidate_pk, Event.seq)
     )
     found: dict[int, list[LoggedEvent]] = {}
-    for event, thread, message, author, candidate_id in rows:
+    for event, thread, message, author, agency, candidate_id in rows:
         found.setdefault(event.candidate_pk, []).append(
-            _logged_event(event, thread, message, author, candidate_id)
+            _logged_event(event, thread, message, author, agency, candidate_id)
         )
     return found
 

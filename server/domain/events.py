@@ -49,7 +49,16 @@ class AccessRevoked:
     erased: bool = False
 
 
-DomainEvent = CandidateEvent | UnreadTouched | AccessRevoked
+@dataclass(frozen=True, slots=True)
+class UserErased:
+    """The host ATS erased this person: every socket of theirs, on every process, closes
+    (their session ends; signing in again is refused)."""
+
+    org_pk: int
+    user_pk: int
+
+
+DomainEvent = CandidateEvent | UnreadTouched | AccessRevoked | UserErased
 
 
 class EventSink(Protocol):

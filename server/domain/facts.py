@@ -11,7 +11,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from server.domain import rules, views
 from server.domain.errors import NotFound
 from server.domain.rules import PRIVATE_THREAD, Actor, CandidateAccess, ThreadRef
-from storage.models import Candidate, CandidateAgencyUser, CandidateMember, Org, Thread, User
+from storage.models import (
+    Agency,
+    Candidate,
+    CandidateAgencyUser,
+    CandidateMember,
+    Org,
+    Thread,
+    User,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +30,8 @@ class Principal:
     org_id: str
     user_id: str
     name: str
+    agency_id: str | None = None  # an agency user's agency
+    agency_name: str | None = None
 
     @property
     def kind(self) -> str:
@@ -31,15 +41,25 @@ class Principal:
     def key(self) -> tuple[int, int]:
         return (self.actor.org_pk, self.actor.pk)
 
-    def user_json(self) -> dict[str, str]:
-        """The contract's `User` for this principal (its name as of authentication)."""
-        return views.user_ref(self.user_id, self.name, self.actor.kind)
+    def user_json(self) -> dict[str, Any]:
+        """The contract's `User` for this principal (its name and agency as of
+        authentication): the author of its messages in live events."""
+        return views.user_ref(
+            self.user_id, self.name, self.actor.kind, self.agency_id, self.agency_name
+        )
 
 
+# An erased user is no longer provisioned: its tokens and session cookies stop working,
+# though they are stateless and still signed.
 _PRINCIPAL = (
-    select(User.pk, User.org_pk, User.kind, User.name)
+    select(User.pk, User.org_pk, User.kind, User.name, Agency.ext_id, Agency.name)
     .join(Org, Org.pk == User.org_pk)
-    .where(Org.ext_id == bindparam("org"), User.ext_id == bindparam("user"))
+    .outerjoin(Agency, Agency.pk == User.agency_pk)
+    .where(
+        Org.ext_id == bindparam("org"),
+        User.ext_id == bindparam("user"),
+        User.erased_at.is_(None),
+    )
 )
 
 
@@ -51,7 +71,8 @@ async def load_principal(
     row = (await conn.execute(_PRINCIPAL, {"org": org_id, "user": user_id})).first()
     if row is None:
         return None
-    return Principal(Actor(row.pk, row.org_pk, row.kind), org_id, user_id, row.name)
+    pk, org_pk, kind, name, agency_id, agency_name = row
+    return Principal(Actor(pk, org_pk, kind), org_id, user_id, name, agency_id, agency_name)
 
 
 async def candidate_row(

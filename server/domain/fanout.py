@@ -12,7 +12,13 @@ from collections.abc import Sequence
 
 from channels import envelope, protocol
 from channels.interfaces import Broker, BrokerError
-from server.domain.events import AccessRevoked, CandidateEvent, DomainEvent, UnreadTouched
+from server.domain.events import (
+    AccessRevoked,
+    CandidateEvent,
+    DomainEvent,
+    UnreadTouched,
+    UserErased,
+)
 
 log = logging.getLogger("agency_messaging.fanout")
 
@@ -53,6 +59,10 @@ def to_envelopes(events: Sequence[DomainEvent]) -> list[tuple[str, bytes]]:
                     event.org_pk, event.candidate_pk, 0, event.user_pks
                 )
                 out.append((envelope.UNREAD_CHANNEL, envelope.encode(touched)))
+        elif isinstance(event, UserErased):
+            # Every process closes that user's sockets: its sessions are over.
+            signed_out = envelope.SignedOutEnvelope(event.org_pk, event.user_pk)
+            out.append((envelope.UNREAD_CHANNEL, envelope.encode(signed_out)))
     return out
 
 

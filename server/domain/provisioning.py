@@ -1,21 +1,33 @@
-"""Idempotent upserts from the host ATS: orgs, agencies, users, candidates and their access."""
+"""The host ATS's side: idempotent upserts of orgs, agencies, users, candidates and their
+access; erasing candidates and people; reading the audit trail."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select, union, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from channels import protocol
 from server.domain import facts, views
+from server.domain.actions import AUDIT_USER_ERASED, thread_events
 from server.domain.errors import Conflict, InvalidInput, NotFound
-from server.domain.events import AccessRevoked, DomainEvent, EventSink, UnreadTouched
+from server.domain.events import (
+    AccessRevoked,
+    DomainEvent,
+    EventSink,
+    UnreadTouched,
+    UserErased,
+)
+from server.domain.facts import Target
 from server.domain.rules import AGENCY, MEMBER, CandidateAccess
 from server.domain.views import Json
 from storage.database import Database
 from storage.models import (
     Agency,
+    AuditRecord,
     Candidate,
     CandidateAgencyUser,
     CandidateMember,
@@ -28,6 +40,7 @@ from storage.models import (
     Thread,
     ThreadPoster,
     User,
+    utcnow,
 )
 
 
@@ -116,8 +129,17 @@ class Provisioning:
                 )
             user.name, user.email, user.agency_pk = spec.name, spec.email, agency_pk
             user.time_zone = spec.time_zone
-            body: Json = views.user_ref(user_id, spec.name, spec.kind)
-            body |= {"email": spec.email, "agency": spec.agency, "time_zone": spec.time_zone}
+            if user.erased_at is not None:
+                # Provisioned again after an erasure: a user anew, with default settings.
+                user.erased_at, user.email_muted = None, False
+        body: Json = {
+            "id": user_id,
+            "name": spec.name,
+            "kind": spec.kind,
+            "email": spec.email,
+            "agency": spec.agency,
+            "time_zone": spec.time_zone,
+        }
         return body, created
 
     async def put_candidate(
@@ -213,6 +235,171 @@ class Provisioning:
             events.append(AccessRevoked(org.pk, candidate.pk, had, erased=True))
         await self.sink.publish(events)
 
+    async def erase_user(self, org_id: str, user_id: str) -> None:
+        """Erases a person, in one transaction: their name and email are replaced, their
+        messages become tombstones for everyone (`message.deleted` in each candidate's log),
+        their links to candidates, read markers, alerts and mutes go, and the erasure is
+        kept in the audit trail. Their agency stays (past threads still name it). After
+        the commit, their sockets close. Erasing an erased user again does nothing."""
+        events: list[DomainEvent] = []
+        async with self.db.write() as session:
+            org = await self._org(session, org_id)
+            user = (
+                await session.execute(
+                    select(User).where(User.org_pk == org.pk, User.ext_id == user_id)
+                )
+            ).scalar_one_or_none()
+            if user is None:
+                raise NotFound(f"User {user_id!r} is not provisioned in this org.")
+            if user.erased_at is not None:
+                return
+            pk = user.pk
+            candidates = await _lock_candidates_of(session, org.pk, pk)
+            before = await facts.accesses_of(
+                session, {c.pk: (c.org_pk, c.coordinator_pk) for c in candidates}
+            )
+            after = {cand_pk: _without(access, pk) for cand_pk, access in before.items()}
+            erased = sorted(
+                (
+                    await session.execute(
+                        update(Message)
+                        .where(Message.author_pk == pk, Message.deleted.is_(False))
+                        .values(deleted=True, body=None)
+                        .returning(Message.id, Message.thread_id, Message.candidate_pk)
+                    )
+                ).all()
+            )
+            for table in (ReadMarker, EmailOutbox, ThreadPoster, EmailMute):
+                await session.execute(delete(table).where(table.user_pk == pk))
+            for link in (CandidateMember, CandidateAgencyUser):
+                await session.execute(delete(link).where(link.user_pk == pk))
+            for candidate in candidates:
+                if candidate.coordinator_pk == pk:
+                    candidate.coordinator_pk = None
+                if before[candidate.pk] != after[candidate.pk]:
+                    # Processes keep access in memory for sends, checked against this version.
+                    candidate.access_version += 1
+                    events.append(AccessRevoked(org.pk, candidate.pk, frozenset({pk})))
+            events += await _log_tombstones(session, candidates, after, erased, pk)
+            user.name, user.email = ERASED_NAME, f"erased-{pk}@erased.invalid"
+            user.email_muted, user.erased_at = True, utcnow()
+            session.add(
+                AuditRecord(
+                    org_pk=org.pk, at=user.erased_at, action=AUDIT_USER_ERASED, user_id=user_id
+                )
+            )
+            events.append(UserErased(org.pk, pk))
+        await self.sink.publish(events)
+
+    async def audit_page(self, org_id: str, *, after: int, limit: int) -> tuple[list[Json], bool]:
+        """The org's audit records after the id `after`, oldest first, and whether more
+        follow."""
+        async with self.db.read() as session:
+            org = await self._org(session, org_id)
+            rows = list(
+                await session.scalars(
+                    select(AuditRecord)
+                    .where(AuditRecord.org_pk == org.pk, AuditRecord.id > after)
+                    .order_by(AuditRecord.id)
+                    .limit(limit + 1)
+                )
+            )
+        return [_audit_json(r) for r in rows[:limit]], len(rows) > limit
+
+
+# What an erased person is called from then on, wherever their messages appear.
+ERASED_NAME = "Erased user"
+
+
+def _audit_json(record: AuditRecord) -> Json:
+    return {
+        "id": record.id,
+        "at": views.iso(record.at),
+        "action": record.action,
+        "actor": record.actor_id,
+        "user": record.user_id,
+        "candidate": record.candidate_id,
+        "thread": record.thread_id,
+        "message": record.message_id,
+    }
+
+
+async def _lock_candidates_of(session: AsyncSession, org_pk: int, user_pk: int) -> list[Candidate]:
+    """The candidates a person is linked to, coordinates or has messages on, locked in pk
+    order (as every writer of several candidates locks them: no deadlock)."""
+    touched = union(
+        select(CandidateMember.candidate_pk).where(CandidateMember.user_pk == user_pk),
+        select(CandidateAgencyUser.candidate_pk).where(CandidateAgencyUser.user_pk == user_pk),
+        select(Candidate.pk).where(Candidate.coordinator_pk == user_pk),
+        select(Message.candidate_pk).where(
+            Message.author_pk == user_pk, Message.deleted.is_(False)
+        ),
+    ).subquery()
+    query = (
+        select(Candidate)
+        .where(Candidate.org_pk == org_pk, Candidate.pk.in_(select(touched.c[0])))
+        .order_by(Candidate.pk)
+        .with_for_update()
+    )
+    return list(await session.scalars(query))
+
+
+def _without(access: CandidateAccess, user_pk: int) -> CandidateAccess:
+    """The access once the user is gone from it."""
+    return CandidateAccess(
+        access.pk,
+        access.org_pk,
+        None if access.coordinator_pk == user_pk else access.coordinator_pk,
+        access.member_pks - {user_pk},
+        access.agency_user_pks - {user_pk},
+    )
+
+
+async def _log_tombstones(
+    session: AsyncSession,
+    candidates: list[Candidate],
+    access: dict[int, CandidateAccess],
+    erased: Sequence[Any],
+    author_pk: int,
+) -> list[DomainEvent]:
+    """Appends a `message.deleted` event for each erased message (rows of id, thread id and
+    candidate pk, in id order) to its candidate's log, and returns the events to publish:
+    one per message, and one unread change per thread."""
+    if not erased:
+        return []
+    by_pk = {c.pk: c for c in candidates}
+    threads = {
+        t.id: facts.thread_ref(t)
+        for t in await session.scalars(
+            select(Thread).where(Thread.id.in_(sorted({row.thread_id for row in erased})))
+        )
+    }
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    out: list[DomainEvent] = []
+    touched: dict[int, DomainEvent] = {}
+    for message_id, thread_id, candidate_pk in erased:
+        candidate = by_pk[candidate_pk]
+        candidate.last_seq += 1  # under the row lock taken above
+        rows.append(
+            {
+                "candidate_pk": candidate_pk,
+                "seq": candidate.last_seq,
+                "kind": protocol.MESSAGE_DELETED,
+                "thread_id": thread_id,
+                "message_id": message_id,
+                "created_at": now,
+            }
+        )
+        target = Target(threads[thread_id], access[candidate_pk], candidate.ext_id)
+        event, unread = thread_events(
+            protocol.MESSAGE_DELETED, target, candidate.last_seq, message_id, None, author_pk
+        )
+        out.append(event)
+        touched[thread_id] = unread
+    await session.execute(insert(Event), rows)
+    return out + list(touched.values())
+
 
 def _pick(users: dict[str, User], ids: Sequence[str], kind: str, field: str) -> list[int]:
     missing = [i for i in ids if i not in users]
@@ -221,6 +408,11 @@ def _pick(users: dict[str, User], ids: Sequence[str], kind: str, field: str) -> 
     wrong = [i for i in ids if users[i].kind != kind]
     if wrong:
         raise InvalidInput(f"{field}: user {wrong[0]!r} is not a {kind}.")
+    erased = [i for i in ids if users[i].erased_at is not None]
+    if erased:
+        raise InvalidInput(
+            f"{field}: user {erased[0]!r} was erased; provision them again to give them access."
+        )
     return [users[i].pk for i in ids]
 
 

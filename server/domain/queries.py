@@ -116,9 +116,9 @@ async def candidate_detail(session: AsyncSession, actor: Actor, candidate_id: st
 
 async def candidate_threads(session: AsyncSession, actor: Actor, candidate_id: str) -> list[Json]:
     """The contract's `Thread`s of a candidate that the actor sees, oldest first."""
-    candidate, _ = await facts.visible_candidate(session, actor, candidate_id)
+    candidate, access = await facts.visible_candidate(session, actor, candidate_id)
     threads = await views.visible_threads(session, actor, candidate.pk)
-    return await views.threads_json(session, actor, threads, candidate.ext_id)
+    return await views.threads_json(session, actor, threads, candidate.ext_id, access)
 
 
 async def history(

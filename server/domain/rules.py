@@ -15,8 +15,10 @@ The rules, as the contract states them:
   agency user may open its agency thread, and a private thread only with the current
   coordinator or with a member who has access and with whom it has already exchanged private
   messages on any candidate of the org.
-- Anyone who sees an agency thread may post in it; posting in a private thread needs both
-  of its people to still see the candidate.
+- Anyone who sees an agency thread may post in it while its agency user is still linked to
+  the candidate; posting in a private thread needs both of its people to still see the
+  candidate. A thread whose agency user was unlinked stays readable to the members who
+  see it, but takes no more posts.
 - Only the author deletes a message.
 """
 
@@ -209,14 +211,19 @@ def check_open_thread(
 
 
 def check_post(actor: Actor, candidate: CandidateAccess | None, thread: ThreadRef | None) -> None:
-    """Anyone who sees an agency thread may post in it; a private thread also needs its
-    other side to still see the candidate."""
+    """Anyone who sees a thread may post in it while both its sides still see the candidate:
+    its agency user (for either kind), and the member of a private thread."""
     require_thread(actor, candidate, thread)
     assert candidate is not None and thread is not None
+    if not candidate.agency_user_linked(thread.agency_user_pk):
+        # The members still see an agency thread (its history stays readable), but a reply
+        # would go to someone who can no longer read it.
+        raise Forbidden(
+            "The agency user of this thread no longer has access to the candidate; "
+            "the thread can be read but takes no new messages."
+        )
     if thread.kind != PRIVATE_THREAD:
         return
-    if not candidate.agency_user_linked(thread.agency_user_pk):
-        raise Forbidden("The agency user of this thread is no longer linked to the candidate.")
     assert thread.member_pk is not None
     if not candidate.member_has_access(thread.member_pk):
         raise Forbidden("The member of this private thread no longer has access to the candidate.")

@@ -26,8 +26,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from server.domain.rules import AGENCY, AGENCY_THREAD, MEMBER, Actor
+from server.domain.rules import AGENCY, AGENCY_THREAD, MEMBER, Actor, CandidateAccess
 from storage.models import (
+    Agency,
     Candidate,
     CandidateAgencyUser,
     CandidateMember,
@@ -44,15 +45,45 @@ def iso(value: datetime) -> str:
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def user_ref(user_id: str, name: str, kind: str) -> Json:
-    """The contract's `User`: the one place its shape is written."""
-    return {"id": user_id, "name": name, "kind": kind}
+def user_ref(
+    user_id: str,
+    name: str,
+    kind: str,
+    agency_id: str | None = None,
+    agency_name: str | None = None,
+) -> Json:
+    """The contract's `User`: the one place its shape is written. An agency user names its
+    agency (null for a member, or an agency user whose agency is gone)."""
+    agency = None if agency_id is None else {"id": agency_id, "name": agency_name}
+    return {"id": user_id, "name": name, "kind": kind, "agency": agency}
 
 
-def user_json(user: User | None) -> Json | None:
+# A user with its agency's id and name (outer join: a member has none). Every read of
+# users that the contract's `User` is built from selects these.
+USER_COLUMNS = (
+    User.pk,
+    User.ext_id,
+    User.name,
+    User.kind,
+    Agency.ext_id.label("agency_id"),
+    Agency.name.label("agency_name"),
+)
+
+
+class UserFields(Protocol):
+    """A row of USER_COLUMNS."""
+
+    ext_id: str
+    name: str
+    kind: str
+    agency_id: str | None
+    agency_name: str | None
+
+
+def user_json(user: UserFields | None) -> Json | None:
     if user is None:
         return None
-    return user_ref(user.ext_id, user.name, user.kind)
+    return user_ref(user.ext_id, user.name, user.kind, user.agency_id, user.agency_name)
 
 
 # How far a user has read a thread: the marker's message id, 0 before any read.
@@ -106,11 +137,13 @@ _MESSAGE_COLUMNS = select(
     User.ext_id.label("author_id"),
     User.name.label("author_name"),
     User.kind.label("author_kind"),
+    Agency.ext_id.label("author_agency_id"),
+    Agency.name.label("author_agency_name"),
     Candidate.ext_id.label("candidate_id"),
 ).select_from(
-    join(Message, User, User.pk == Message.author_pk).join(
-        Candidate, Candidate.pk == Message.candidate_pk
-    )
+    join(Message, User, User.pk == Message.author_pk)
+    .outerjoin(Agency, Agency.pk == User.agency_pk)
+    .join(Candidate, Candidate.pk == Message.candidate_pk)
 )
 _PAGE_NEWEST = (
     _MESSAGE_COLUMNS.where(Message.thread_id == bindparam("t"))
@@ -130,7 +163,13 @@ _PAGE_AFTER = (
 
 
 def _row(row: Any) -> MessageRow:
-    author = user_ref(row.author_id, row.author_name, row.author_kind)
+    author = user_ref(
+        row.author_id,
+        row.author_name,
+        row.author_kind,
+        row.author_agency_id,
+        row.author_agency_name,
+    )
     return MessageRow(row, author, row.candidate_id)
 
 
@@ -315,15 +354,18 @@ async def thread_unread(session: AsyncSession, user_pk: int, thread_id: int) -> 
 
 
 async def threads_json(
-    session: AsyncSession, actor: Actor, threads: Sequence[Thread], candidate_id: str
+    session: AsyncSession,
+    actor: Actor,
+    threads: Sequence[Thread],
+    candidate_id: str,
+    access: CandidateAccess,
 ) -> list[Json]:
-    """Contract `Thread` objects for threads the caller is known to see."""
+    """Contract `Thread` objects for threads the caller is known to see, on the candidate
+    whose access (as now) is `access`."""
     if not threads:
         return []
     user_pks = {t.agency_user_pk for t in threads} | {t.member_pk for t in threads if t.member_pk}
-    users = {
-        u.pk: u for u in await session.scalars(select(User).where(User.pk.in_(sorted(user_pks))))
-    }
+    users = await users_by_pk(session, user_pks)
     unread = await unread_by_thread(session, actor.pk, [t.id for t in threads])
     last = await messages_by_id(session, [t.last_message_id for t in threads if t.last_message_id])
     out = []
@@ -336,6 +378,8 @@ async def threads_json(
                 "kind": t.kind,
                 "agency_user": user_json(users.get(t.agency_user_pk)),
                 "member": user_json(users.get(t.member_pk)) if t.member_pk else None,
+                # Unlinked: the thread stays readable, but nobody may post in it (rules).
+                "agency_user_linked": access.agency_user_linked(t.agency_user_pk),
                 "unread": unread.get(t.id, 0),
                 "last_message": last_row.to_json() if last_row else None,
             }
@@ -352,17 +396,26 @@ async def visible_threads(session: AsyncSession, actor: Actor, candidate_pk: int
     return list(await session.scalars(query))
 
 
-async def users_by_pk(session: AsyncSession, pks: Iterable[int]) -> dict[int, User]:
+_USERS_BY_PK = (
+    select(*USER_COLUMNS)
+    .outerjoin(Agency, Agency.pk == User.agency_pk)
+    .where(User.pk.in_(bindparam("pks", expanding=True)))
+)
+
+
+async def users_by_pk(session: AsyncSession, pks: Iterable[int]) -> dict[int, Any]:
+    """Rows of USER_COLUMNS by pk, in one statement."""
     wanted = sorted(set(pks))
     if not wanted:
         return {}
-    return {u.pk: u for u in await session.scalars(select(User).where(User.pk.in_(wanted)))}
+    conn = await session.connection()
+    return {row.pk: row for row in await conn.execute(_USERS_BY_PK, {"pks": wanted})}
 
 
-def ordered_users(users: dict[int, User], pks: Iterable[int]) -> list[Json]:
+def ordered_users(users: dict[int, Any], pks: Iterable[int]) -> list[Json]:
     rows = [users[pk] for pk in pks if pk in users]
     rows.sort(key=lambda u: (u.name.casefold(), u.ext_id))
-    return [user_json(u) for u in rows]  # type: ignore[misc]
+    return [user_ref(u.ext_id, u.name, u.kind, u.agency_id, u.agency_name) for u in rows]
 
 
 async def visible_candidates(

@@ -30,6 +30,7 @@ from server.domain.errors import (
 from server.edge import responses as out
 from server.edge.http import MAX_BODY_BYTES, JSONResponse, TooLarge
 from server.edge.schemas import (
+    AuditPageLimit,
     CandidateIn,
     CandidatePageLimit,
     MessagePageLimit,
@@ -151,6 +152,22 @@ OPERATIONS: Final = (
         _upserted(out.ProvisionedUser),
         UserIn,
         errors=(Conflict,),
+    ),
+    Operation(
+        "DELETE",
+        "/api/v1/orgs/{org}/users/{user}",
+        "Erase a person: name and email replaced, their messages tombstones, their sockets "
+        "closed (again on an erased one: 204)",
+        "service",
+        {204: None},
+    ),
+    Operation(
+        "GET",
+        "/api/v1/orgs/{org}/audit",
+        "The org's audit trail (deleted messages, erased people), oldest first",
+        "service",
+        {200: out.AuditPage},
+        query={"after": Seq, "limit": AuditPageLimit},
     ),
     Operation(
         "PUT",

@@ -40,10 +40,18 @@ class Error(Output):
 # --- people and messages --------------------------------------------------------------------
 
 
+class AgencyRef(Output):
+    """An agency user's agency."""
+
+    id: HostId
+    name: Name
+
+
 class User(Output):
     id: HostId
     name: Name
     kind: UserKind
+    agency: AgencyRef | None = Field(description="The agency of an agency user; null for a member.")
 
 
 class Me(User):
@@ -85,6 +93,10 @@ class Thread(Output):
     kind: Literal["agency", "private"]
     agency_user: User
     member: User | None = Field(description="The member of a private thread.")
+    agency_user_linked: bool = Field(
+        description="The agency user is still linked to the candidate. When false, the "
+        "members still read the thread, but nobody may post in it (403 `forbidden`)."
+    )
     unread: NonNegativeInt
     last_message: Message | None
 
@@ -170,6 +182,28 @@ class ProvisionedCandidate(Output):
     coordinator: HostId | None
     members: list[HostId]
     agency_users: list[HostId]
+
+
+class AuditRecord(Output):
+    """One entry of the audit trail; a field that does not apply to its action is null."""
+
+    id: Id = Field(description="Grows with time: the cursor of the next page.")
+    at: AwareDatetime
+    action: Literal["message.deleted", "user.erased"]
+    actor: HostId | None = Field(
+        description="The user who acted (the author, for `message.deleted`); null: the host ATS."
+    )
+    user: HostId | None = Field(description="The person erased, for `user.erased`.")
+    candidate: HostId | None
+    thread: Id | None
+    message: Id | None
+
+
+class AuditPage(Output):
+    """Audit records after the cursor, oldest first."""
+
+    records: list[AuditRecord]
+    has_more: bool = Field(description="More records follow the last one.")
 
 
 # --- operations -----------------------------------------------------------------------------

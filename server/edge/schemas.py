@@ -23,14 +23,17 @@ from channels.protocol import Body, ClientId, HostId, Id, clean_text
 # page sizes without one.
 MAX_MESSAGE_PAGE = 100
 MAX_CANDIDATE_PAGE = 500
+MAX_AUDIT_PAGE = 500
 DEFAULT_MESSAGE_PAGE = 50
 DEFAULT_CANDIDATE_PAGE = 100
+DEFAULT_AUDIT_PAGE = 100
 MessagePageLimit = Annotated[
     StrictInt, Field(ge=1, le=MAX_MESSAGE_PAGE, default=DEFAULT_MESSAGE_PAGE)
 ]
 CandidatePageLimit = Annotated[
     StrictInt, Field(ge=1, le=MAX_CANDIDATE_PAGE, default=DEFAULT_CANDIDATE_PAGE)
 ]
+AuditPageLimit = Annotated[StrictInt, Field(ge=1, le=MAX_AUDIT_PAGE, default=DEFAULT_AUDIT_PAGE)]
 
 
 def _name(value: str) -> str:

@@ -140,12 +140,11 @@ class Model:
     def may_post(self, org: str, user: str, t: Thread) -> bool:
         if not self.sees(org, user, t):
             return False
-        if t.kind == AGENCY_THREAD:
-            return True
-        assert t.member is not None
-        return self.sees_candidate(t.org, t.agency_user, t.cand) and self.sees_candidate(
-            t.org, t.member, t.cand
-        )
+        # Nobody posts in a thread whose agency user was unlinked; a private thread also
+        # needs its member.
+        if not self.sees_candidate(t.org, t.agency_user, t.cand):
+            return False
+        return t.kind == AGENCY_THREAD or self.sees_candidate(t.org, t.member or "", t.cand)
 
     def live_threads(self, org: str, cand: str | None = None) -> list[Thread]:
         return [

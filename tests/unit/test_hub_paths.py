@@ -194,6 +194,43 @@ async def test_an_event_ahead_of_a_gap_waits_for_the_gap_to_be_filled_from_the_l
     assert [f["seq"] for f in sent(conn)] == [1, 2] and source.cursors == [0]
 
 
+async def test_a_catch_up_longer_than_a_batch_reads_batch_after_batch(
+    hub_and_source: tuple[Hub, FakeSource], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub, source = hub_and_source
+    monkeypatch.setattr(hub_module, "REPLAY_BATCH", 3)
+    conn = connect()
+    await hub.register(conn)
+    await hub.subscribe(conn, CAND, "c5", None, member_rule(USER_PK))
+    for seq in range(1, 8):
+        source.append(CAND, seq, {USER_PK})  # their publishes are lost
+    await hub.on_broker_reconnect()  # every channel is caught up from the log
+    await eventually(lambda: len(sent(conn)) == 7)
+    assert [f["seq"] for f in sent(conn)] == list(range(1, 8))
+    assert source.cursors == [0, 3, 6]
+
+
+async def test_a_catch_up_that_cannot_read_the_log_leaves_the_channel_to_the_sweep(
+    hub_and_source: tuple[Hub, FakeSource],
+) -> None:
+    hub, source = hub_and_source
+    conn = connect()
+    await hub.register(conn)
+    await hub.subscribe(conn, CAND, "c5", None, member_rule(USER_PK))
+    source.append(CAND, 1, {USER_PK})
+    source.fail_after_batches = 0  # the database is unreachable
+    await hub.on_broker_reconnect()
+    filling = hub.channels[CAND].filling
+    assert filling is not None
+    await asyncio.wait({filling}, timeout=5)
+    assert filling.done() and filling.exception() is None and sent(conn) == []
+    # Once the log answers again, the next catch-up delivers what was missed.
+    source.fail_after_batches = None
+    await hub.on_broker_reconnect()
+    await eventually(lambda: len(sent(conn)) == 1)
+    assert CAND in hub.channels
+
+
 # --- closing ------------------------------------------------------------------------------
 
 

@@ -187,6 +187,9 @@ def expect_thread_op(role: str, kind: str, op: str, state: State) -> Outcome:
     if op == "post" and member is not None:
         # "either of the two may post while both can see the candidate"
         return OK if {agency_user, member} <= seen_by else Forbidden
+    if op == "post" and agency_user not in seen_by:
+        # An agency thread whose agency user was unlinked: readable, but no more posts.
+        return Forbidden
     return OK  # agency thread: "Any of them may post."; see, read, delete own
 
 

@@ -1,11 +1,25 @@
 """Rules added beside the matrix of test_rules.py: which agency users a user is shown on a
-candidate (GET /api/v1/candidates/{cand}, `agency_users`; docs/api.md)."""
+candidate (GET /api/v1/candidates/{cand}, `agency_users`; docs/api.md), and the thread of
+an agency user unlinked from the candidate (readable, but closed to posts)."""
 
 from __future__ import annotations
 
 import pytest
 
-from server.domain.rules import AGENCY, MEMBER, Actor, CandidateAccess, visible_agency_users
+from server.domain.errors import Forbidden
+from server.domain.rules import (
+    AGENCY,
+    AGENCY_THREAD,
+    MEMBER,
+    PRIVATE_THREAD,
+    Actor,
+    CandidateAccess,
+    ThreadRef,
+    can_see_thread,
+    check_post,
+    check_read,
+    visible_agency_users,
+)
 
 ORG, OTHER_ORG = 1, 2
 COORDINATOR, LISTED, OUTSIDER = 10, 11, 12
@@ -47,3 +61,27 @@ def test_an_agency_user_never_sees_the_other_agency_users() -> None:
     for pk in ACCESS.agency_user_pks:
         shown = visible_agency_users(Actor(pk, ORG, AGENCY), ACCESS)
         assert shown == {pk} and not shown & (ACCESS.agency_user_pks - {pk})
+
+
+UNLINKED_AGENCY_THREAD = ThreadRef(1, ACCESS.pk, AGENCY_THREAD, UNLINKED, None)
+UNLINKED_PRIVATE_THREAD = ThreadRef(2, ACCESS.pk, PRIVATE_THREAD, UNLINKED, LISTED)
+
+
+@pytest.mark.parametrize("member", [COORDINATOR, LISTED], ids=["coordinator", "listed-member"])
+def test_members_read_an_unlinked_agency_users_thread_but_may_not_post(member: int) -> None:
+    actor = Actor(member, ORG, MEMBER)
+    assert can_see_thread(actor, ACCESS, UNLINKED_AGENCY_THREAD)
+    check_read(actor, ACCESS, UNLINKED_AGENCY_THREAD)
+    with pytest.raises(Forbidden, match="no longer has access to the candidate"):
+        check_post(actor, ACCESS, UNLINKED_AGENCY_THREAD)
+
+
+def test_a_private_thread_with_an_unlinked_agency_user_takes_no_posts_either() -> None:
+    with pytest.raises(Forbidden, match="no longer has access to the candidate"):
+        check_post(Actor(LISTED, ORG, MEMBER), ACCESS, UNLINKED_PRIVATE_THREAD)
+
+
+def test_a_linked_agency_users_thread_takes_posts_from_both_sides() -> None:
+    thread = ThreadRef(3, ACCESS.pk, AGENCY_THREAD, LINKED, None)
+    for actor in (Actor(LISTED, ORG, MEMBER), Actor(LINKED, ORG, AGENCY)):
+        check_post(actor, ACCESS, thread)

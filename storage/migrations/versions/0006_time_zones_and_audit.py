@@ -1,6 +1,8 @@
-"""Users' time zones; the audit trail
+"""Users' time zones and erasure; the audit trail
 
 - `users.time_zone`: an IANA zone name, default UTC; email alerts show times in it.
+- `users.erased_at`: when the host ATS erased the person; an erased user is no longer
+  provisioned (its tokens stop working) until provisioned anew.
 - `audit_records`: who deleted which message when, and which person was erased; kept
   after the text, the candidate or the person is gone (host ids, no foreign keys to them).
 
@@ -25,6 +27,7 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("time_zone", sa.String(64), nullable=False, server_default="UTC")
         )
+        batch.add_column(sa.Column("erased_at", sa.DateTime(timezone=True), nullable=True))
     op.create_table(
         "audit_records",
         sa.Column("id", BigId, primary_key=True),
@@ -49,4 +52,5 @@ def downgrade() -> None:
     op.drop_index("ix_audit_records_org", table_name="audit_records")
     op.drop_table("audit_records")
     with op.batch_alter_table("users") as batch:
+        batch.drop_column("erased_at")
         batch.drop_column("time_zone")
