@@ -56,9 +56,18 @@ class AgencyMessageList extends HTMLElement {
     const thread = this.conversation.selected;
     if (!thread) return;
     if (!fresh && thread.id !== null && thread.id === this.thread?.id) {
-      await this.refresh(thread);
+      // A drawing under way places the view first: measured before it ends, an empty list
+      // would read as "scrolled to the end" and the refresh would scroll away from the
+      // message asked for.
+      await this.drawn;
+      if (this.thread?.id === thread.id) await this.refresh(thread);
       return;
     }
+    this.drawn = this.draw(thread);
+    await this.drawn;
+  }
+
+  async draw(thread) {
     const target = this.target;
     this.target = null;
     this.thread = thread;
