@@ -16,6 +16,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from asgi_lifespan import LifespanManager
+from playwright.async_api import Browser, async_playwright
 from sqlalchemy import text
 from starlette.applications import Starlette
 
@@ -24,6 +25,7 @@ from server.app import create_app
 from server.settings import Settings
 from storage.database import Database
 from storage.models import Base
+from tests.support.browser import Site, launch, served_site
 from tests.support.realtime import serve
 from tests.support.world import Api, make_settings, migrate_database, populate_world
 
@@ -143,3 +145,24 @@ async def shared_world(
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("AM_LOG_LEVEL", "WARNING")
+
+
+# --- browser tests: Chromium through Playwright, and the demo site it opens ----------------
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def chromium() -> AsyncIterator[Browser]:
+    """One Chromium per test module (browser tests run their module on one event loop)."""
+    async with async_playwright() as playwright:
+        launched = await launch(playwright)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def site(chromium: Browser, sqlite_template: Path, tmp_path: Path) -> AsyncIterator[Site]:
+    """The app served in-process on a SQLite file, in demo mode, with org acme provisioned."""
+    async with served_site(chromium, sqlite_template, tmp_path) as served:
+        yield served

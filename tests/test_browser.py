@@ -27,13 +27,11 @@ from playwright.async_api import (
     Request,
     Route,
     WebSocket,
-    async_playwright,
     expect,
 )
 
 from channels.protocol import SUBPROTOCOL_V2
 from harness.services import ServerProcess, free_port
-from server.app import create_app
 from tests.support.browser import (
     ARTIFACTS,
     BUBBLE_NAME,
@@ -49,7 +47,6 @@ from tests.support.browser import (
     connected,
     dialog,
     disconnected,
-    launch,
     message_item,
     name,
     open_messages,
@@ -60,44 +57,12 @@ from tests.support.browser import (
     unread_line,
     write,
 )
-from tests.support.realtime import serve
-from tests.support.world import SECRET, SERVICE_TOKEN, make_settings
+from tests.support.world import SECRET, SERVICE_TOKEN
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.xdist_group("browser")]
 
 SHORT = 5_000  # ms: what "live" may take here, far above what it takes in practice
 RECONNECT = 30_000  # ms: reconnection backs off exponentially while the server is down
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await launch(playwright)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def site(browser: Browser, sqlite_template: Path, tmp_path: Path) -> AsyncIterator[Site]:
-    """The app served in-process on a SQLite file, with org acme provisioned."""
-    path = tmp_path / "browser.db"
-    shutil.copyfile(sqlite_template, path)
-    port = free_port()
-    settings = make_settings(
-        f"sqlite+aiosqlite:///{path}", tmp_path, public_url=f"http://127.0.0.1:{port}"
-    )
-    app = create_app(settings, auto_migrate=False)
-    async with serve(app, port) as base:
-        api = api_for(base)
-        site = Site(base, api, browser)
-        try:
-            await provision(api)
-            yield site
-        finally:
-            await site.close()
-            await api.client.aclose()
 
 
 # --- 1. live delivery and unread state ---------------------------------------------------
@@ -387,7 +352,7 @@ async def test_message_bodies_render_as_plain_text(site: Site) -> None:
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def process_site(
-    browser: Browser, sqlite_template: Path, tmp_path: Path
+    chromium: Browser, sqlite_template: Path, tmp_path: Path
 ) -> AsyncIterator[tuple[Site, ServerProcess]]:
     """A real `agency-messaging serve` process on a SQLite file."""
     path = tmp_path / "served.db"
@@ -405,7 +370,7 @@ async def process_site(
     server = ServerProcess(env, port, tmp_path / "server.log")
     await asyncio.to_thread(server.launch)
     api = api_for(server.url)
-    site = Site(server.url, api, browser)
+    site = Site(server.url, api, chromium)
     try:
         await provision(api)
         yield site, server

@@ -7,13 +7,10 @@ a message is deleted only after a confirmation, leaving a tombstone.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Page, expect
 
 from tests.support.browser import (
     AGENCY_NAME,
@@ -27,12 +24,10 @@ from tests.support.browser import (
     delete_message,
     dialog,
     divider,
-    launch,
     make_hideable,
     message_item,
     name,
     open_messages,
-    served_site,
     set_visibility,
     shown,
     sync,
@@ -44,22 +39,6 @@ from tests.support.browser import (
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.xdist_group("browser")]
 
 SHORT = 5_000  # ms: what "live" may take here, far above what it takes in practice
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await launch(playwright)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def site(browser: Browser, sqlite_template: Path, tmp_path: Path) -> AsyncIterator[Site]:
-    async with served_site(browser, sqlite_template, tmp_path) as served:
-        yield served
 
 
 def link(thread: Any, message: Any, candidate: str = CANDIDATE) -> str:

@@ -4,57 +4,19 @@ Playwright) against the demo pages: the login page returns to the page that aske
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-import pytest_asyncio
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Page, expect
 
-from harness.services import free_port
-from server.app import create_app
 from server.domain.auth import make_user_token
-from tests.support.browser import DESKTOP, ORG, Site, api_for, launch, provision
-from tests.support.realtime import serve
-from tests.support.world import SECRET, make_settings
+from tests.support.browser import DESKTOP, ORG, Site
+from tests.support.world import SECRET
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.xdist_group("browser")]
 
 EMAIL_LINK = "/candidates/c1?thread=7&message=42#latest"
 SIGNED_OUT = "Please sign in with your login link to continue."
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await launch(playwright)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def site(browser: Browser, sqlite_template: Path, tmp_path: Path) -> AsyncIterator[Site]:
-    """The app served in-process on a SQLite file, in demo mode, with org acme provisioned."""
-    path = tmp_path / "demo.db"
-    shutil.copyfile(sqlite_template, path)
-    port = free_port()
-    settings = make_settings(
-        f"sqlite+aiosqlite:///{path}", tmp_path, public_url=f"http://127.0.0.1:{port}"
-    )
-    app = create_app(settings, auto_migrate=False)
-    async with serve(app, port) as base:
-        api = api_for(base)
-        site = Site(base, api, browser)
-        try:
-            await provision(api)
-            yield site
-        finally:
-            await site.close()
-            await api.client.aclose()
 
 
 async def signed_out_page(site: Site) -> Page:
