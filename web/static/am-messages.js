@@ -1,5 +1,6 @@
-// <agency-messages candidate="c1">: the message bubble, with its blue dot, and the dialog
-// it opens. The dialog is put together from parts that share one Conversation:
+// <agency-messages candidate="c1" [thread="7" message="42"]>: the message bubble, with its
+// blue dot, and the dialog it opens. With `thread` (a link's target: AM_LINK_TEMPLATE fills
+// it in), the dialog opens at once at that thread and message, if the user sees that thread. The dialog is put together from parts that share one Conversation:
 // <agency-thread-tabs>, <agency-private-menu>, <agency-message-list> and <agency-compose>.
 // Parts say what the status line should read with an `am-status` event, and ask for the
 // compose box's focus with `am-focus-compose`.
@@ -43,6 +44,8 @@ class AgencyMessages extends HTMLElement {
       onOpenRequest(this.candidateId, (at) => this.openAt(at)),
     ];
     this.conversation.start();
+    const thread = positiveId(this.getAttribute("thread"));
+    if (thread !== null) this.openAt({ thread, message: positiveId(this.getAttribute("message")), onlyThere: true });
   }
 
   disconnectedCallback() {
@@ -110,6 +113,11 @@ class AgencyMessages extends HTMLElement {
     }
     await this.open();
   }
+}
+
+// A thread or message id from an attribute or a link; null for anything else.
+export function positiveId(raw) {
+  return /^[1-9][0-9]{0,15}$/.test(raw ?? "") ? Number(raw) : null;
 }
 
 customElements.define("agency-messages", AgencyMessages);

@@ -1,7 +1,7 @@
 // The demo host ATS's own page script: who is signed in, the candidate profile's tabs, and
 // links that open the conversation at a message (?thread=…&message=…, as in email alerts).
 import { api } from "./am-client.js";
-import { displayName, requestOpen } from "./am-shared.js";
+import { displayName } from "./am-shared.js";
 
 async function main() {
   let user;
@@ -37,8 +37,11 @@ async function candidatePage() {
   document.getElementById("unread-slot").append(line);
   const messages = document.createElement("agency-messages");
   messages.setAttribute("candidate", candidateId);
+  // A link names a thread and a message in it (as in email alerts): the conversation opens
+  // there, if the user sees that thread (anything else opens the page as usual).
+  const link = new URLSearchParams(location.search);
+  for (const name of ["thread", "message"]) if (link.has(name)) messages.setAttribute(name, link.get(name));
   document.getElementById("messages-slot").append(messages);
-  openLinkedMessage(candidateId);
 
   const tabs = [...document.querySelectorAll('.profile-tabs [role="tab"]')];
   for (const tab of tabs) {
@@ -51,16 +54,6 @@ async function candidatePage() {
       }
     });
   }
-}
-
-// A link names a thread and a message in it: the conversation opens there, if the user sees
-// that thread (anything else opens the page as usual).
-function openLinkedMessage(candidateId) {
-  const params = new URLSearchParams(location.search);
-  const id = (name) => (/^[1-9][0-9]{0,15}$/.test(params.get(name) ?? "") ? Number(params.get(name)) : null);
-  const thread = id("thread");
-  if (thread === null) return;
-  requestOpen(candidateId, { thread, message: id("message"), onlyThere: true });
 }
 
 main();
