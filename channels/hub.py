@@ -643,6 +643,10 @@ class Hub:
                 channel.subscribers.discard(sub)
                 sub.connection.subscriptions.pop(message.candidate_pk, None)
                 sub.connection.send(protocol.unsubscribed(sub.candidate_id, "access"))
+            else:
+                # Who they talk with changed (a person linked, unlinked or erased): their
+                # views of the candidate's threads and people are out of date.
+                sub.connection.send(protocol.candidate_updated(sub.candidate_id))
         if not channel.subscribers:
             # Not awaited: the broker listener calling us must never wait on the lifecycle lock.
             task = asyncio.create_task(self._close_channel_if_idle(channel), name="hub-close")

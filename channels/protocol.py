@@ -216,6 +216,7 @@ SERVER_FRAME_TYPES: Final = (
     MESSAGE_CREATED,
     MESSAGE_DELETED,
     "unsubscribed",
+    "candidate.updated",
     "unread",
     "unread.summary",
     "unread.batch",  # protocol 2 only
@@ -350,6 +351,11 @@ def tombstone(frame: str, message_id: int) -> str | None:
 
 def unsubscribed(candidate_id: str, reason: str) -> str:
     return _dumps({"type": "unsubscribed", "candidate": candidate_id, "reason": reason})
+
+
+def candidate_updated(candidate_id: str) -> str:
+    """Who sees the candidate changed: a view of its threads and people is to be reloaded."""
+    return _dumps({"type": "candidate.updated", "candidate": candidate_id})
 
 
 def unread(

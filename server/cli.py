@@ -15,7 +15,7 @@ from server.settings import ConfigError, Settings, env_flag
 from storage import migrate
 from storage.database import Database, default_sqlite_url
 
-DEMO_ENV = "var/demo.env"
+DEMO_ENV = "demo.env"  # the demo's secrets, kept under AM_VAR_DIR (default ./var)
 
 
 def _demo_mode(env: dict[str, str], command: str) -> bool:
@@ -48,7 +48,8 @@ def _settings(command: str, host: str | None = None, port: int | None = None) ->
 
     env["AM_DEMO"] = "1"
     if missing:
-        for key, value in ensure_demo_env(Path(DEMO_ENV)).items():
+        var_dir = Path(env.get("AM_VAR_DIR", "").strip() or "var")
+        for key, value in ensure_demo_env(var_dir / DEMO_ENV).items():
             if not env.get(key, "").strip():
                 env[key] = value
     # Links printed by `demo` and sent in emails go to the port actually served, unless

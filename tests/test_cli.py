@@ -364,3 +364,15 @@ def test_demo_links_point_at_the_port_served(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     links = re.findall(r"\S+/login#\S+", again.stdout)
     assert links and all(link.startswith("https://demo.example.com/login#") for link in links)
+
+
+def test_the_demo_keeps_its_secrets_under_the_var_dir(tmp_path: Path) -> None:
+    var_dir = tmp_path / "elsewhere"
+    result = run(tmp_path, "demo", env=clean_env(AM_VAR_DIR=str(var_dir)))
+    assert result.returncode == 0, result.stderr
+    secrets_file = var_dir / "demo.env"
+    assert "AM_SECRET=" in secrets_file.read_text()
+    assert not (tmp_path / "var" / "demo.env").exists()
+    (token,) = demo_tokens(result.stdout)[:1]
+    settings = dict(line.split("=", 1) for line in secrets_file.read_text().splitlines())
+    assert jwt.decode(token, settings["AM_SECRET"], algorithms=["HS256"])["org"] == "acme"

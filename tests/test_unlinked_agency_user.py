@@ -106,3 +106,29 @@ async def test_the_socket_refuses_a_post_with_a_forbidden_error_frame(
         assert read["type"] == "ack"
     finally:
         await member.close()
+
+
+async def test_the_others_following_the_candidate_are_told_when_its_people_change(
+    world: Api, live: str
+) -> None:
+    await world.open_thread("acme", "ann", "c1", {"private": False})
+    member = await WsClient.connect(live, world.token("acme", "mem"))
+    agent = await WsClient.connect(live, world.token("acme", "ann"))
+    try:
+        for client in (member, agent):
+            await client.request("subscribe", candidate="c1")
+        await unlink_ann(world)
+        # ann, who lost access, is unsubscribed; mem, who keeps it, is told to reload.
+        assert (await agent.next_event(type="unsubscribed"))["candidate"] == "c1"
+        updated = await member.next_event(type="candidate.updated")
+        assert updated == {"type": "candidate.updated", "candidate": "c1"}
+        assert (await agency_thread_of(world, "mem"))["agency_user_linked"] is False
+        # A change that takes access from nobody (ann linked again) is told as well.
+        await relink_ann(world)
+        assert (await member.next_event(type="candidate.updated"))["candidate"] == "c1"
+        # A candidate PUT that changes nobody's access says nothing.
+        await relink_ann(world)
+        assert [f for f in await member.quiet(0.3) if f["type"] == "candidate.updated"] == []
+    finally:
+        await member.close()
+        await agent.close()

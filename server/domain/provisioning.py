@@ -129,9 +129,6 @@ class Provisioning:
                 )
             user.name, user.email, user.agency_pk = spec.name, spec.email, agency_pk
             user.time_zone = spec.time_zone
-            if user.erased_at is not None:
-                # Provisioned again after an erasure: a user anew, with default settings.
-                user.erased_at, user.email_muted = None, False
         body: Json = {
             "id": user_id,
             "name": spec.name,
@@ -189,7 +186,7 @@ class Provisioning:
             if not created and before != after:
                 # Processes keep access in memory for sends, checked against this version.
                 candidate.access_version += 1
-            if revoked:
+                # Who lost access is unsubscribed; everyone else following it is told.
                 events.append(AccessRevoked(org.pk, candidate.pk, revoked))
             if granted and not created:
                 # Their blue dots may light up with the candidate's existing threads.
@@ -250,9 +247,9 @@ class Provisioning:
                 )
             ).scalar_one_or_none()
             if user is None:
+                if await _was_erased(session, org.pk, user_id):
+                    return  # erased already: nothing more to do
                 raise NotFound(f"User {user_id!r} is not provisioned in this org.")
-            if user.erased_at is not None:
-                return
             pk = user.pk
             candidates = await _lock_candidates_of(session, org.pk, pk)
             before = await facts.accesses_of(
@@ -276,11 +273,20 @@ class Provisioning:
             for candidate in candidates:
                 if candidate.coordinator_pk == pk:
                     candidate.coordinator_pk = None
-                if before[candidate.pk] != after[candidate.pk]:
+                changed = before[candidate.pk] != after[candidate.pk]
+                if changed:
                     # Processes keep access in memory for sends, checked against this version.
                     candidate.access_version += 1
-                    events.append(AccessRevoked(org.pk, candidate.pk, frozenset({pk})))
+                # They are unsubscribed where they had access; everyone else following the
+                # candidate is told (its people changed: names, tombstones, links).
+                events.append(
+                    AccessRevoked(org.pk, candidate.pk, frozenset({pk}) if changed else frozenset())
+                )
             events += await _log_tombstones(session, candidates, after, erased, pk)
+            # The host id goes too: it may itself say who the person was, and freed, it
+            # provisions a new person with no past here. The new id is outside the host-id
+            # alphabet, so no host id can ever name the erased row again.
+            user.ext_id = f"{ERASED_ID_PREFIX}{pk}"
             user.name, user.email = ERASED_NAME, f"erased-{pk}@erased.invalid"
             user.email_muted, user.erased_at = True, utcnow()
             session.add(
@@ -307,8 +313,20 @@ class Provisioning:
         return [_audit_json(r) for r in rows[:limit]], len(rows) > limit
 
 
-# What an erased person is called from then on, wherever their messages appear.
+# What an erased person is called from then on, wherever their messages appear, and the
+# start of the id that replaces their host id.
 ERASED_NAME = "Erased user"
+ERASED_ID_PREFIX = "~erased-"
+
+
+async def _was_erased(session: AsyncSession, org_pk: int, user_id: str) -> bool:
+    """Whether the audit trail says this host id was erased (a repeated erasure)."""
+    query = select(AuditRecord.id).where(
+        AuditRecord.org_pk == org_pk,
+        AuditRecord.action == AUDIT_USER_ERASED,
+        AuditRecord.user_id == user_id,
+    )
+    return await session.scalar(query.limit(1)) is not None
 
 
 def _audit_json(record: AuditRecord) -> Json:
@@ -408,11 +426,6 @@ def _pick(users: dict[str, User], ids: Sequence[str], kind: str, field: str) -> 
     wrong = [i for i in ids if users[i].kind != kind]
     if wrong:
         raise InvalidInput(f"{field}: user {wrong[0]!r} is not a {kind}.")
-    erased = [i for i in ids if users[i].erased_at is not None]
-    if erased:
-        raise InvalidInput(
-            f"{field}: user {erased[0]!r} was erased; provision them again to give them access."
-        )
     return [users[i].pk for i in ids]
 
 
