@@ -6,16 +6,18 @@ a message is deleted only after a confirmation, leaving a tombstone.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import Page, Route, expect
 
 from tests.support.browser import (
     AGENCY_NAME,
     CANDIDATE,
     ORG,
+    PHONE,
     Site,
     ask_to_delete,
     bubble,
@@ -24,10 +26,12 @@ from tests.support.browser import (
     delete_message,
     dialog,
     divider,
+    hold_back_frames,
     make_hideable,
     message_item,
     name,
     open_messages,
+    ready,
     set_visibility,
     shown,
     sync,
@@ -242,6 +246,8 @@ async def test_a_thread_whose_agency_user_was_unlinked_says_so_and_takes_no_mess
     private = await site.thread_of("coord", {"agency_user": "ann", "private": True})
     await site.send("coord", private["id"], "Before the unlink")
     coord = await site.page("coord")
+    # A send that overtakes the news of the unlink (which reaches this page only later).
+    await hold_back_frames(coord, "candidate.updated")
     await open_messages(coord)
     await tab(coord, f"Private: {name('ann')}").click()
     await expect(message_item(coord, "Before the unlink")).to_be_visible()
@@ -433,3 +439,220 @@ async def test_walk_through_two_members_and_an_agency_user(site: Site) -> None:
         await tab(page, name("ann")).click()
         await expect(dialog(page).get_by_text("Message deleted")).to_be_visible(timeout=SHORT)
         await expect(page.get_by_text("Jamie can start in May.", exact=True)).to_have_count(0)
+
+
+# --- who sees the candidate changes, live -----------------------------------------------------
+
+
+async def test_unlinking_the_agency_user_shows_live_without_any_action(site: Site) -> None:
+    agency = await site.thread_of("ann", {"private": False})
+    await site.send("ann", agency["id"], "Before the unlink")
+    max_ = await site.page("mem")
+    submitted_by = max_.locator("#agency-users")
+    await expect(submitted_by).to_have_text(shown("ann"))
+    await open_messages(max_)
+    await expect(tab(max_, name("ann"))).to_have_attribute("aria-selected", "true")
+    await expect(message_item(max_, "Before the unlink")).to_be_visible()
+    private = dialog(max_).get_by_role("button", name="Message privately")
+    await expect(private).to_be_visible()
+
+    await unlink_ann(site)
+    notice = dialog(max_).get_by_text(f"{name('ann')} no longer has access to this candidate")
+    await expect(notice).to_be_visible(timeout=SHORT)
+    await expect(dialog(max_).get_by_role("textbox", name="Message")).to_be_disabled()
+    await expect(dialog(max_).get_by_role("button", name="Send", exact=True)).to_be_disabled()
+    await expect(private).to_be_hidden()
+    await expect(submitted_by).not_to_contain_text(name("ann"))
+    await expect(message_item(max_, "Before the unlink")).to_be_visible()
+
+    # A new coordinator shows as well.
+    await site.api.provision(
+        f"{ORG}/candidates/{CANDIDATE}",
+        {
+            "name": "Jamie Rivera",
+            "coordinator": "third",
+            "members": ["coord", "mem", "third"],
+            "agency_users": [],
+        },
+    )
+    await expect(max_.locator("#coordinator")).to_have_text(name("third"), timeout=SHORT)
+
+
+async def test_a_tombstone_names_its_author_as_the_server_does_after_an_erasure(
+    site: Site,
+) -> None:
+    agency = await site.thread_of("ann", {"private": False})
+    await site.send("mem", agency["id"], "Written by Max")
+    await site.send("ann", agency["id"], "Written by Ann")
+    cora = await site.page("coord")
+    await open_messages(cora)
+    await expect(message_item(cora, "Written by Max")).to_contain_text(name("mem"))
+
+    erased = await site.api.client.delete(f"/api/v1/orgs/{ORG}/users/mem", headers=site.api.service)
+    assert erased.status_code in (200, 204), erased.text
+    items = dialog(cora).get_by_role("log").get_by_role("listitem")
+    stone = items.filter(has_text="Message deleted")
+    await expect(stone).to_contain_text("Erased user", timeout=SHORT)
+    await expect(dialog(cora).get_by_text(name("mem"))).to_have_count(0)
+    await expect(message_item(cora, "Written by Ann")).to_be_visible()
+
+
+# --- the keyboard -----------------------------------------------------------------------------
+
+
+async def test_the_profile_tabs_answer_the_arrow_keys(site: Site) -> None:
+    cora = await site.page("coord")
+    profile = cora.get_by_role("tab", name="Profile")
+    activity = cora.get_by_role("tab", name="Activity")
+    for _ in range(10):  # Tab on from the top of the page, as a keyboard user does
+        await cora.keyboard.press("Tab")
+        if await profile.evaluate("(tab) => tab === document.activeElement"):
+            break
+    await expect(profile).to_be_focused()
+
+    await cora.keyboard.press("ArrowRight")
+    await expect(activity).to_be_focused()
+    await expect(activity).to_have_attribute("aria-selected", "true")
+    await expect(activity).to_have_attribute("tabindex", "0")
+    await expect(profile).to_have_attribute("tabindex", "-1")
+    await expect(cora.get_by_role("tabpanel", name="Activity")).to_be_visible()
+    await expect(cora.get_by_role("tabpanel", name="Profile")).to_be_hidden()
+
+    await cora.keyboard.press("Home")
+    await expect(profile).to_be_focused()
+    await expect(cora.get_by_role("tabpanel", name="Profile")).to_be_visible()
+    await cora.keyboard.press("End")
+    await expect(activity).to_be_focused()
+    await cora.keyboard.press("ArrowLeft")
+    await expect(profile).to_have_attribute("aria-selected", "true")
+    await expect(cora.get_by_role("tabpanel", name="Activity")).to_be_hidden()
+
+
+async def test_the_message_privately_menu_answers_the_keyboard(site: Site) -> None:
+    await site.api.provision(
+        f"{ORG}/users/ben",
+        {"name": "Ben Bauer", "email": "ben@example.com", "kind": "agency", "agency": "ag"},
+    )
+    await site.api.provision(
+        f"{ORG}/candidates/{CANDIDATE}",
+        {
+            "name": "Jamie Rivera",
+            "coordinator": "coord",
+            "members": ["coord", "mem", "third"],
+            "agency_users": ["ann", "ben"],
+        },
+    )
+    cora = await site.page("coord")
+    await open_messages(cora)
+    button = dialog(cora).get_by_role("button", name="Message privately")
+    await button.focus()
+    await cora.keyboard.press("Enter")
+    menu = dialog(cora).get_by_role("menu", name="Message privately with")
+    ann_item = menu.get_by_role("menuitem", name=shown("ann"))
+    ben_item = menu.get_by_role("menuitem", name=f"Ben Bauer · {AGENCY_NAME}")
+    await expect(ann_item).to_be_focused()
+    await cora.keyboard.press("ArrowDown")
+    await expect(ben_item).to_be_focused()
+    await cora.keyboard.press("ArrowDown")  # round to the first
+    await expect(ann_item).to_be_focused()
+    await cora.keyboard.press("ArrowUp")  # and back to the last
+    await expect(ben_item).to_be_focused()
+    await cora.keyboard.press("Home")
+    await expect(ann_item).to_be_focused()
+    await cora.keyboard.press("End")
+    await expect(ben_item).to_be_focused()
+
+    # Escape closes the menu alone, back on its button.
+    await cora.keyboard.press("Escape")
+    await expect(menu).to_be_hidden()
+    await expect(dialog(cora)).to_be_visible()
+    await expect(button).to_be_focused()
+    await expect(button).to_have_attribute("aria-expanded", "false")
+
+    await cora.keyboard.press("Enter")
+    await expect(ann_item).to_be_focused()
+    await cora.keyboard.press("ArrowDown")
+    await cora.keyboard.press("Enter")
+    await expect(tab(cora, "Private: Ben Bauer")).to_have_attribute("aria-selected", "true")
+    await expect(dialog(cora).get_by_role("textbox", name="Message")).to_be_focused()
+
+
+async def test_closing_a_dialog_opened_from_the_line_focuses_the_bubble(site: Site) -> None:
+    agency = await site.thread_of("ann", {"private": False})
+    await site.send("ann", agency["id"], "Read from the line")
+    cora = await site.page("coord")
+    line = cora.get_by_role("button", name=re.compile("^New message"))
+    await line.focus()
+    await cora.keyboard.press("Enter")
+    await expect(message_item(cora, "Read from the line")).to_be_visible()
+    await expect(unread_line(cora)).to_be_empty(timeout=SHORT)  # read: the line is gone
+
+    await cora.keyboard.press("Escape")
+    await expect(dialog(cora)).to_be_hidden()
+    await expect(bubble(cora)).to_be_focused()
+
+
+# --- a phone ----------------------------------------------------------------------------------
+
+
+async def test_on_a_phone_the_line_shows_its_text_and_the_menu_button_is_big_enough(
+    site: Site,
+) -> None:
+    agency = await site.thread_of("ann", {"private": False})
+    await site.send("coord", agency["id"], "Mine, with a menu")
+    text = "Jamie can start on the first of May, and her notice period is four weeks."
+    await site.send("ann", agency["id"], text)
+    cora = await site.page("coord", viewport=PHONE)
+    line = cora.get_by_role("button", name=re.compile("^New message"))
+    await expect(line).to_have_accessible_name(f"New message from {shown('ann')}: {text}")
+    shown_text = line.locator(".am-new-text")
+    await expect(shown_text).to_be_visible()
+    box = await shown_text.bounding_box()
+    assert box is not None and box["width"] > 0 and box["height"] > 0, box
+    viewport_width = PHONE["width"]
+    line_box = await line.bounding_box()
+    assert line_box is not None and line_box["x"] + line_box["width"] <= viewport_width, line_box
+
+    await open_messages(cora)
+    actions = message_item(cora, "Mine, with a menu").get_by_role("button", name="Message actions")
+    await expect(actions).to_be_visible()
+    size = await actions.bounding_box()
+    assert size is not None and size["width"] >= 24 and size["height"] >= 24, size
+
+
+# --- a slow network ---------------------------------------------------------------------------
+
+
+async def test_a_slow_thread_shows_that_it_is_loading(site: Site) -> None:
+    agency = await site.thread_of("ann", {"private": False})
+    await site.send("ann", agency["id"], "Worth the wait")
+    cora = await site.page("coord")
+    released = asyncio.Event()
+
+    async def held(route: Route) -> None:
+        await released.wait()
+        await route.continue_()
+
+    await cora.route(re.compile(r"/api/v1/threads/\d+/messages"), held)
+    await open_messages(cora)
+    loading = dialog(cora).get_by_text("Loading messages…")
+    log = dialog(cora).get_by_role("log")
+    await expect(loading).to_be_visible()
+    await expect(log).to_have_attribute("aria-busy", "true")
+    released.set()
+    await expect(message_item(cora, "Worth the wait")).to_be_visible()
+    await expect(loading).to_be_hidden()
+    await expect(log).not_to_have_attribute("aria-busy", "true")
+    await cora.unroute(re.compile(r"/api/v1/threads/\d+/messages"))
+
+    # Opened before the conversation itself has loaded: loading as well, not a blank box.
+    released.clear()
+    threads = re.compile(rf"/api/v1/candidates/{CANDIDATE}/threads$")
+    await cora.route(threads, held)
+    await cora.reload()
+    await ready(cora)
+    await open_messages(cora)
+    await expect(loading).to_be_visible()
+    released.set()
+    await expect(message_item(cora, "Worth the wait")).to_be_visible()
+    await expect(loading).to_be_hidden()

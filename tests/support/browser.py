@@ -23,6 +23,7 @@ from playwright.async_api import (
     Page,
     Playwright,
     ViewportSize,
+    WebSocketRoute,
     expect,
 )
 
@@ -341,3 +342,28 @@ async def delete_message(page: Page, text: str) -> None:
     await ask_to_delete(page, text)
     await confirmation(page).get_by_role("button", name="Delete").click()
     await expect(confirmation(page)).to_be_hidden()
+
+
+# --- a frame that has not arrived yet ---------------------------------------------------------
+
+
+async def hold_back_frames(page: Page, frame_type: str) -> None:
+    """Reloads `page` with its socket passing on every server frame but those of
+    `frame_type`: the page acts as one that such a frame has not reached yet."""
+    marker = f'"type": "{frame_type}"'
+    compact = f'"type":"{frame_type}"'
+
+    def relay(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+        ws.on_message(server.send)
+
+        def to_page(message: str | bytes) -> None:
+            text = message if isinstance(message, str) else message.decode(errors="replace")
+            if marker not in text and compact not in text:
+                ws.send(message)
+
+        server.on_message(to_page)
+
+    await page.route_web_socket(re.compile(r"/ws$"), relay)
+    await page.reload()
+    await ready(page)

@@ -5,6 +5,9 @@
 //   show     the selected thread's messages are to be shown (again)
 //   sent     detail: a message this tab sent
 //   lost     the user no longer has access to the candidate
+//
+// It reloads when who sees the candidate changes (`candidate.updated`): linked agency users,
+// the coordinator, private contacts and threads may all have changed.
 
 import { api, client, displayName, follow, listen, me } from "./am-shared.js";
 
@@ -20,6 +23,8 @@ export class Conversation extends EventTarget {
     this.selected = null;
     this.lost = false;
     this.loaded = new Promise((resolve) => { this.onFirstLoad = resolve; });
+    this.settled = false; // a first load has answered (or failed)
+    this.reloads = 0;
   }
 
   start() {
@@ -30,6 +35,7 @@ export class Conversation extends EventTarget {
       "unread.summary": () => this.reload(),
       connected: () => this.reload(),
       reset: mine(() => this.reload()),
+      "candidate.updated": mine(() => this.reload()),
       unsubscribed: mine(() => this.loseAccess()),
     });
     this.following = follow(this.candidateId);
@@ -65,10 +71,18 @@ export class Conversation extends EventTarget {
     return this.threads.find((t) => t.id === id);
   }
 
-  async reload() {
+  // Reloads overlap (an update, a reconnect): only the latest one's answer is applied, and
+  // an earlier one settles with it.
+  reload() {
+    this.reloading = this.load(++this.reloads);
+    return this.reloading;
+  }
+
+  async load(reload) {
     try {
       const path = `/api/v1/candidates/${encodeURIComponent(this.candidateId)}`;
       const [user, candidate, { threads }] = await Promise.all([me(), api(path), api(`${path}/threads`)]);
+      if (reload !== this.reloads) return this.reloading;
       this.user = user;
       this.candidate = candidate;
       this.lost = false;
@@ -81,9 +95,12 @@ export class Conversation extends EventTarget {
       this.emit("change");
       this.emit("show");
     } catch (error) {
-      if (error.status === 404) this.loseAccess();
+      if (error.status === 404 && reload === this.reloads) this.loseAccess();
     } finally {
-      this.onFirstLoad();
+      if (reload === this.reloads) {
+        this.settled = true;
+        this.onFirstLoad();
+      }
     }
   }
 

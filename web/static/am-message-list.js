@@ -18,16 +18,21 @@ class AgencyMessageList extends HTMLElement {
     this.items = new Map(); // message id -> its <li>
     this.earlier = el("button", { type: "button", class: "am-earlier", hidden: true, text: "Load earlier messages", onclick: () => this.loadEarlier() });
     this.log = el("ol", { class: "am-log", role: "log", "aria-live": "polite", "aria-label": "Messages in this conversation" });
+    // Shown while a thread's first page loads, so that a slow network shows no empty panel.
+    this.loading = el("p", { class: "am-loading", hidden: true, text: "Loading messages…" });
     this.divider = el("li", { role: "separator", class: "am-divider", "aria-label": "New messages" }, el("span", { text: "New" }));
     this.target = null; // the message id to open at (from a link), once
     this.confirm = this.confirmDialog();
-    this.replaceChildren(this.earlier, this.log, this.confirm);
+    this.replaceChildren(this.loading, this.earlier, this.log, this.confirm);
     this.stopListening = [
       listen(document, { visibilitychange: () => this.onVisible() }),
       listen(this.conversation, {
         show: () => this.isOpen() && this.show(),
         sent: (e) => this.onSent(e.detail),
-        lost: () => this.clear(),
+        lost: () => {
+          this.setLoading(false);
+          this.clear();
+        },
       }),
       listen(this.client, {
         "message.created": (e) => this.onCreated(e.detail),
@@ -54,7 +59,11 @@ class AgencyMessageList extends HTMLElement {
   // `fresh`: drawn anew even when it is the thread shown already (the dialog opens).
   async show({ fresh = false } = {}) {
     const thread = this.conversation.selected;
-    if (!thread) return;
+    if (!thread) {
+      // Opened before the conversation has loaded: its load shows the thread.
+      this.setLoading(!this.conversation.settled);
+      return;
+    }
     if (!fresh && thread.id !== null && thread.id === this.thread?.id) {
       // A drawing under way places the view first: measured before it ends, an empty list
       // would read as "scrolled to the end" and the refresh would scroll away from the
@@ -76,12 +85,20 @@ class AgencyMessageList extends HTMLElement {
     this.clear();
     announce(this, "");
     if (thread.id === null) {
+      this.setLoading(false);
       this.earlier.hidden = true;
       announce(this, "No messages yet. Write the first one.");
       return;
     }
+    this.earlier.hidden = true;
+    this.setLoading(true);
     const page = await api(`/api/v1/threads/${thread.id}/messages?limit=${PAGE}`).catch(() => null);
-    if (!page || superseded()) return; // failed (the next reload shows it), or superseded
+    if (superseded()) return; // the newer drawing owns the loading state
+    this.setLoading(false);
+    if (!page) {
+      announce(this, "Could not load the messages. They show once the connection is back.");
+      return; // the next reload (on reconnecting) draws it again
+    }
     this.earlier.hidden = !page.has_more;
     for (const message of page.messages) this.insert(message);
     const unread = thread.unread || 0;
@@ -103,10 +120,7 @@ class AgencyMessageList extends HTMLElement {
     const atEnd = this.log.scrollTop + this.log.clientHeight >= this.log.scrollHeight - 4;
     const page = await api(`/api/v1/threads/${thread.id}/messages?limit=${PAGE}`).catch(() => null);
     if (!page || this.thread?.id !== thread.id) return;
-    for (const message of page.messages) {
-      if (message.deleted) this.tombstone(message.id);
-      this.insert(message);
-    }
+    for (const message of page.messages) this.update(message);
     if (atEnd) this.scrollToEnd();
     await this.markRead();
   }
@@ -181,14 +195,41 @@ class AgencyMessageList extends HTMLElement {
     this.scrollToEnd();
   }
 
+  setLoading(loading) {
+    this.loading.hidden = !loading;
+    if (loading) this.log.setAttribute("aria-busy", "true");
+    else this.log.removeAttribute("aria-busy");
+  }
+
+  // The server's copy of a message shown or not: one shown that differs (deleted since, or
+  // its author renamed or erased) is drawn again in place.
+  update(message) {
+    const item = this.items.get(message.id);
+    if (!item) {
+      this.insert(message);
+      return;
+    }
+    if (message.deleted && !item.message.deleted) {
+      this.tombstone(message.id, { server: message });
+      return;
+    }
+    if (sameAsShown(item.message, message)) return;
+    const focused = item.contains(document.activeElement) ? document.activeElement : null;
+    const fresh = this.item(message);
+    item.replaceWith(fresh);
+    this.items.set(message.id, fresh);
+    if (focused) (fresh.querySelector(".am-actions") ?? this.nextActions(fresh))?.focus();
+  }
+
   // A deleted message keeps its place, as a tombstone. When the focus was on it (or it was
   // deleted from here), the focus goes on: to the next message's menu, or to the compose box.
-  tombstone(messageId, { moveFocus = false } = {}) {
+  // `server`: the server's copy, whose author may read differently now (an erased person).
+  tombstone(messageId, { moveFocus = false, server = null } = {}) {
     let item = this.items.get(messageId);
     if (!item) return;
     const focusWasHere = moveFocus || item.contains(document.activeElement);
     if (!item.classList.contains("am-deleted")) { // (the live event and the ack both come)
-      const stone = this.item({ ...item.message, deleted: true, body: null });
+      const stone = this.item({ ...(server ?? item.message), deleted: true, body: null });
       item.replaceWith(stone);
       this.items.set(messageId, stone);
       item = stone;
@@ -319,6 +360,14 @@ class AgencyMessageList extends HTMLElement {
       this.items.get(message.id)?.querySelector(".am-actions")?.focus();
     }
   }
+}
+
+// Whether an item drawn from `shown` reads as one drawn from `current` would.
+function sameAsShown(shown, current) {
+  return Boolean(shown.deleted) === Boolean(current.deleted)
+    && (shown.deleted || shown.body === current.body)
+    && displayName(shown.author) === displayName(current.author)
+    && shown.author.kind === current.author.kind;
 }
 
 customElements.define("agency-message-list", AgencyMessageList);

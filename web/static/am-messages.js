@@ -38,6 +38,7 @@ class AgencyMessages extends HTMLElement {
     this.stopListening = [
       listen(this.conversation, { change: () => this.renderState(), lost: () => this.say(LOST_ACCESS) }),
       listen(this.dialog, {
+        close: () => this.restoreFocus(),
         "am-status": (e) => this.say(e.detail),
         "am-focus-compose": () => this.compose.focusInput(),
       }),
@@ -96,9 +97,24 @@ class AgencyMessages extends HTMLElement {
   }
 
   async open() {
-    if (!this.dialog.open) this.dialog.showModal();
+    if (!this.dialog.open) {
+      this.openedFrom = document.activeElement;
+      this.dialog.showModal();
+    }
     await this.list.show({ fresh: true });
     this.compose.focusInput();
+  }
+
+  // The browser gives the focus back to where it was before the dialog opened; when that is
+  // gone (the new-message line, removed once read) or hidden, the bubble takes it instead of
+  // the page's body.
+  restoreFocus() {
+    const from = this.openedFrom;
+    this.openedFrom = null;
+    const gone = !from || from === document.body || !from.isConnected || !from.checkVisibility();
+    const active = document.activeElement; // (still in the closed dialog, or on the body)
+    const lost = !active || active === document.body || this.dialog.contains(active);
+    if (gone && lost && !this.dialog.open) this.bubble.focus();
   }
 
   // Opens at a thread (by id) and a message in it, when the user sees that thread; else at

@@ -2,7 +2,8 @@
 // thread with the other side, a draft until its first message: a member with the agency
 // user (picked from a menu when the candidate has several), an agency user with one of the
 // members it may write to privately (always from a menu). Part of <agency-messages>, which
-// hands it its `conversation`.
+// hands it its `conversation`. The menu takes the keys of the WAI-ARIA menu pattern: arrows,
+// Home and End move between its items, Escape closes it.
 
 import { displayName, el, listen } from "./am-shared.js";
 
@@ -15,10 +16,21 @@ class AgencyPrivateMenu extends HTMLElement {
       hidden: true,
       onclick: () => this.start(),
     });
-    this.menu = el("div", { role: "menu", class: "am-menu", hidden: true, "aria-label": "Message privately with" });
+    this.menu = el("div", {
+      role: "menu",
+      class: "am-menu",
+      hidden: true,
+      "aria-label": "Message privately with",
+      onkeydown: (e) => this.onKey(e),
+    });
     this.replaceChildren(this.button, this.menu);
     this.stopListening = [
-      listen(this.conversation, { change: () => { this.button.hidden = !this.conversation.canGoPrivate; } }),
+      listen(this.conversation, {
+        change: () => {
+          this.button.hidden = !this.conversation.canGoPrivate;
+          if (this.button.hidden) this.setOpen(false); // its choices are gone (say, unlinked)
+        },
+      }),
       listen(this.closest("dialog") ?? this, { close: () => this.setOpen(false) }),
     ];
   }
@@ -55,6 +67,31 @@ class AgencyPrivateMenu extends HTMLElement {
     })));
     this.setOpen(open);
     if (open) this.menu.querySelector('[role="menuitem"]')?.focus();
+  }
+
+  items() {
+    return [...this.menu.querySelectorAll('[role="menuitem"]')];
+  }
+
+  onKey(event) {
+    const items = this.items();
+    const index = items.indexOf(document.activeElement);
+    const moves = {
+      ArrowDown: () => (index + 1) % items.length,
+      ArrowUp: () => (index - 1 + items.length) % items.length,
+      Home: () => 0,
+      End: () => items.length - 1,
+    };
+    if (event.key in moves) {
+      event.preventDefault();
+      items[moves[event.key]()]?.focus();
+    } else if (event.key === "Escape") {
+      // Closes the menu only, not the dialog around it.
+      event.preventDefault();
+      event.stopPropagation();
+      this.setOpen(false);
+      this.button.focus();
+    }
   }
 
   setOpen(open) {

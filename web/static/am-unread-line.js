@@ -24,6 +24,8 @@ class AgencyUnreadLine extends HTMLElement {
     this.stopListening = listen(this.client, {
       ...Object.fromEntries(FRAMES.map((type) => [type, onFrame])),
       connected: () => this.load(),
+      // Who sees the candidate changed: threads, and so unread messages, may have gone.
+      "candidate.updated": (e) => e.detail.candidate === this.candidateId && this.load(),
     });
     this.following = follow(this.candidateId);
     // Loaded once subscribed, so that every message after what it loads comes as a frame;
