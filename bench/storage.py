@@ -1,4 +1,5 @@
-"""Scenario 5, storage: a history page and `GET /api/v1/unread` at a million messages.
+"""Scenario 5, storage: a history page, `GET /api/v1/unread` and the inbox
+(`GET /api/v1/conversations`) at a million messages.
 
 The schema comes from the product's migrations; the rows are seeded straight in SQL (one big
 transaction of bulk inserts on SQLite, binary COPY on PostgreSQL; the secondary indexes of
@@ -63,6 +64,7 @@ from bench.common import (  # noqa: E402
 ORG = "bench-storage"
 HISTORY_P99_MS = 5.0
 UNREAD_P99_MS = 20.0
+INBOX_P99_MS = 20.0
 RETENTION_DAYS = 7  # AM_EVENT_RETENTION_DAYS default: older events are pruned
 
 
@@ -77,7 +79,7 @@ class Sizes:
     quiet_thread: int  # messages in a thread that went quiet six months ago
     busy_lag: int  # unread messages of the focus member in that thread
     history_requests: int
-    unread_requests: int  # per measured user
+    unread_requests: int  # per measured user (and inbox pages per measured user)
     query_runs: int  # in-process runs of each query
 
 
@@ -657,7 +659,45 @@ def measure_http(base_url: str, tokens: dict[str, str], ds: Dataset) -> dict[str
             statements, _sql_statements(http), sizes.unread_requests * len(tokens)
         )
         out["unread_candidates"] = dots
+        out.update(_measure_inbox(http, auth, sizes.unread_requests))
     return out
+
+
+def _inbox_path(before: int | None) -> str:
+    return "/api/v1/conversations" + (f"?before={before}" if before else "")
+
+
+def _measure_inbox(
+    http: LeanHttp, auth: dict[str, dict[str, str]], requests: int
+) -> dict[str, Any]:
+    """The inbox of each user, one request at a time: its first page, and every other
+    request the next one (`before=` the first page's last conversation), as a client
+    scrolling it asks."""
+    cursors: dict[str, int | None] = {}
+    shown: dict[str, int] = {}
+    for user, headers in auth.items():  # warm-up, and each user's cursor
+        http.headers.update(headers)
+        for _ in range(5):
+            _, body = _timed_get(http, _inbox_path(None))
+        page = orjson.loads(body)
+        shown[user] = len(page["conversations"])
+        cursors[user] = (
+            page["conversations"][-1]["last_message"]["id"] if page["has_more"] else None
+        )
+    samples: dict[str, list[int]] = {u: [] for u in auth}
+    statements = _sql_statements(http)
+    for i in range(requests):
+        for user, headers in auth.items():
+            http.headers.update(headers)
+            us, _ = _timed_get(http, _inbox_path(cursors[user] if i % 2 else None))
+            samples[user].append(us)
+    return {
+        "inbox_us": samples,
+        "inbox_first_page": shown,
+        "inbox_sql_per_request": _per_request(
+            statements, _sql_statements(http), requests * len(auth)
+        ),
+    }
 
 
 async def _sql_timer(url: str) -> tuple[Any, Any]:
@@ -685,7 +725,7 @@ async def measure_queries(url: str, ds: Dataset, users: list[str]) -> dict[str, 
     SQL they send run straight on a driver connection, and its plan."""
     from sqlalchemy import event, select
 
-    from server.domain import views
+    from server.domain import inbox, views
     from server.domain.rules import Actor
     from storage.database import Database
     from storage.models import User
@@ -726,6 +766,13 @@ async def measure_queries(url: str, ds: Dataset, users: list[str]) -> dict[str, 
                     if i >= 3:
                         samples.append((time.perf_counter_ns() - started) // 1000)
                 out["function_us"][f"unread {user}"] = samples
+                samples = []
+                for i in range(runs + 3):
+                    started = time.perf_counter_ns()
+                    await inbox.conversations(session, actor, before=None, limit=50)
+                    if i >= 3:
+                        samples.append((time.perf_counter_ns() - started) // 1000)
+                out["function_us"][f"inbox {user}"] = samples
 
             # The main statement of each: captured, explained, and timed on the driver.
             event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
@@ -743,9 +790,18 @@ async def measure_queries(url: str, ds: Dataset, users: list[str]) -> dict[str, 
                 (f"unread {user}", lambda s, a=actor: views.unread_threads(s, a))
                 for user, actor in actors.items()
             ]
+            targets += [
+                (
+                    f"inbox {user}",
+                    lambda s, a=actor: inbox.conversations(s, a, before=None, limit=50),
+                )
+                for user, actor in actors.items()
+            ]
             for label, call in targets:
+                first = len(captured)
                 await call(session)
-                statement, params = captured[-1]
+                # The inbox's main statement is its first (the page); the others' their last.
+                statement, params = captured[first if label.startswith("inbox") else -1]
                 prefix = "EXPLAIN QUERY PLAN " if db.sqlite else "EXPLAIN (ANALYZE, BUFFERS) "
                 conn = await session.connection()
                 rows = await conn.exec_driver_sql(prefix + statement, params)
@@ -1124,10 +1180,13 @@ def bench_database(name: str, url: str, ds: Dataset, workdir: Path, opts: Any) -
         "unread_ms": _pp(unread_all),
         "unread_by_user_ms": {u: _pp(v) for u, v in http["unread_us"].items()},
         "unread_candidates": http["unread_candidates"],
+        "inbox_by_user_ms": {u: _pp(v) for u, v in http["inbox_us"].items()},
+        "inbox_first_page": http["inbox_first_page"],
         "baseline_me_ms": _pp(http["baseline_us"]),
         "sql_statements_per_request": {
             "history": http["history_sql_per_request"],
             "unread": http["unread_sql_per_request"],
+            "inbox": http["inbox_sql_per_request"],
         },
         "function_ms": {k: _pp(v) for k, v in queries["function_us"].items()},
         "sql_ms": {k: _pp(v) for k, v in queries["sql_us"].items()},
@@ -1138,11 +1197,13 @@ def bench_database(name: str, url: str, ds: Dataset, workdir: Path, opts: Any) -
     result["target_met"] = {
         "history": result["history_ms"]["p99"] <= HISTORY_P99_MS,
         "unread": result["unread_by_user_ms"][ds.lead_member]["p99"] <= UNREAD_P99_MS,
+        "inbox": result["inbox_by_user_ms"][ds.lead_member]["p99"] <= INBOX_P99_MS,
     }
     log(
         f"storage/{name}: history p50/p99 {result['history_ms']['p50']}/"
         f"{result['history_ms']['p99']} ms, unread p50/p99 {result['unread_ms']['p50']}/"
-        f"{result['unread_ms']['p99']} ms, by user {result['unread_by_user_ms']}"
+        f"{result['unread_ms']['p99']} ms, by user {result['unread_by_user_ms']}; "
+        f"inbox by user {result['inbox_by_user_ms']}"
     )
     return result
 
@@ -1175,7 +1236,7 @@ def _markdown(results: list[dict[str, Any]], ds: Dataset) -> str:
     sizes = ds.sizes
     visible = _visible_counts(ds)
     lines = [
-        "## 5. Storage: history page and unread summary",
+        "## 5. Storage: history page, unread summary and inbox",
         "",
         f"Method: the product's migrations, {sizes.messages:,} messages in "
         f"{ds.thread_count:,} threads over {sizes.candidates:,} candidates seeded in bulk SQL "
@@ -1245,10 +1306,28 @@ def _markdown(results: list[dict[str, Any]], ds: Dataset) -> str:
             "",
             "SQL statements per request (the server's /metrics; SQLite counts its BEGINs): "
             + "; ".join(
-                f"{db} history {c['history']:g}, unread {c['unread']:g}" for db, c in counts
+                f"{db} history {c['history']:g}, unread {c['unread']:g}, inbox {c['inbox']:g}"
+                for db, c in counts
             )
             + ".",
         ]
+    lines += [
+        "",
+        f"The inbox (`GET /api/v1/conversations`, pages of 50; target p99 ≤ {INBOX_P99_MS:g} "
+        "ms for the lead member): each user's first page and, every other request, the "
+        "next one (`before=`).",
+        "",
+        "| database | user | candidates seen | first page | HTTP | function | SQL (page) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        for user, ms in r["inbox_by_user_ms"].items():
+            lines.append(
+                f"| {r['database']} | {roles[user]} | {visible[user]:,} "
+                f"| {r['inbox_first_page'][user]} | {_p(ms)} "
+                f"| {_p(r['function_ms'][f'inbox {user}'])} "
+                f"| {_p(r['sql_ms'][f'inbox {user}'])} |"
+            )
     lines += ["", *_costs_markdown(results, ds)]
     loads = ", ".join(f"{r['database']} {r['load_average'][1]}" for r in results)
     lines += [

@@ -102,6 +102,18 @@ def _unread_p99(database: str) -> Extract:
     return extract
 
 
+def _inbox_p99(database: str) -> Extract:
+    def extract(results: dict[str, Any]) -> Figure:
+        row, lead = _storage(results, database), _lead(results)
+        seen = _scenario(results, "storage")["data"]["visible_candidates"][lead]
+        return Figure(
+            float(row["inbox_by_user_ms"][lead]["p99"]),
+            f"user of {seen:,} candidates, {row['messages']:,} messages",
+        )
+
+    return extract
+
+
 def _me_p50(results: dict[str, Any]) -> Figure:
     row = _storage(results, "postgresql")
     return Figure(float(row["baseline_me_ms"]["p50"]), "round trip over loopback")
@@ -382,6 +394,22 @@ TARGETS: list[Target] = [
         "ms",
         "<=",
         _unread_p99("sqlite"),
+    ),
+    Target(
+        "9f",
+        "HTTP: inbox p99, user of 1,000 candidates (PostgreSQL)",
+        20,
+        "ms",
+        "<=",
+        _inbox_p99("postgresql"),
+    ),
+    Target(
+        "9g",
+        "HTTP: inbox p99, user of 1,000 candidates (SQLite)",
+        20,
+        "ms",
+        "<=",
+        _inbox_p99("sqlite"),
     ),
     Target(
         "10a",

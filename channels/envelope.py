@@ -1,7 +1,8 @@
 """What travels through the broker between server processes.
 
 An envelope is one line of JSON header, a newline, then (for events) the client frame as
-it will be sent, encoded once by the publisher and passed through untouched.
+it will be sent, encoded once by the publisher and passed through untouched (for a read,
+its two frames, one a line).
 """
 
 from __future__ import annotations
@@ -32,6 +33,18 @@ class EventEnvelope:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadEnvelope:
+    """A read marker moved (not an event of the log: no seq). Built once per read: users of
+    `named` get `named_frame`, users of `team` get `team_frame` ("" when nobody does)."""
+
+    candidate_pk: int
+    named: frozenset[int]
+    team: frozenset[int]
+    named_frame: str
+    team_frame: str
+
+
+@dataclass(frozen=True, slots=True)
 class RevokedEnvelope:
     candidate_pk: int
     user_pks: frozenset[int]
@@ -56,7 +69,7 @@ class SignedOutEnvelope:
     user_pk: int
 
 
-Envelope = EventEnvelope | RevokedEnvelope | UnreadEnvelope | SignedOutEnvelope
+Envelope = EventEnvelope | ReadEnvelope | RevokedEnvelope | UnreadEnvelope | SignedOutEnvelope
 
 
 def encode(message: Envelope) -> bytes:
@@ -68,6 +81,16 @@ def encode(message: Envelope) -> bytes:
             "a": sorted(message.audience),
         }
         return orjson.dumps(header) + b"\n" + message.frame.encode()
+    if isinstance(message, ReadEnvelope):
+        header = {
+            "k": "t",
+            "c": message.candidate_pk,
+            "n": sorted(message.named),
+            "t": sorted(message.team),
+        }
+        # Encoded JSON holds no raw newline: the two frames follow the header, one a line.
+        frames = f"{message.named_frame}\n{message.team_frame}".encode()
+        return orjson.dumps(header) + b"\n" + frames
     if isinstance(message, RevokedEnvelope):
         header = {
             "k": "r",
@@ -97,6 +120,11 @@ def decode(payload: bytes) -> Envelope | None:
         kind = header["k"]
         if kind == "e":
             return EventEnvelope(header["c"], header["s"], frozenset(header["a"]), rest.decode())
+        if kind == "t":
+            named, _, team = rest.decode().partition("\n")
+            return ReadEnvelope(
+                header["c"], frozenset(header["n"]), frozenset(header["t"]), named, team
+            )
         if kind == "r":
             return RevokedEnvelope(header["c"], frozenset(header["u"]), bool(header["x"]))
         if kind == "s":

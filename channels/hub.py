@@ -19,6 +19,10 @@ per subscriber, with no task and no encoding per recipient. A replay decides ins
 facts of the event's thread, with the rule the domain hands over for the subscriber and the
 access loaded for its subscribe: whoever sees the thread *now* gets its events, a member
 added since they were written included.
+
+A moved read marker (`thread.read`) travels the same channel with its two frames (named,
+and the hiring team's), outside the seq order: it reaches the subscribers it names, once,
+and is never replayed.
 """
 
 from __future__ import annotations
@@ -565,6 +569,8 @@ class Hub:
             self._on_event(
                 message.candidate_pk, LoggedEvent(message.seq, message.audience, message.frame)
             )
+        elif isinstance(message, envelope.ReadEnvelope):
+            self._on_read(message)
         elif isinstance(message, envelope.RevokedEnvelope):
             self._on_revoked(message)
         elif isinstance(message, envelope.UnreadEnvelope):
@@ -633,6 +639,19 @@ class Hub:
                 await asyncio.sleep(0)  # a long catch-up must not hold the loop
         except Exception:
             log.exception("Catching a channel up from the event log failed; the sweep retries.")
+
+    def _on_read(self, message: envelope.ReadEnvelope) -> None:
+        """A read marker moved: each subscriber it is meant for gets its frame at once. Not
+        an event of the log (no seq, never replayed): a client reloads it over REST."""
+        channel = self.channels.get(message.candidate_pk)
+        if channel is None:
+            return
+        for sub in list(channel.subscribers):
+            user_pk = sub.connection.user_pk
+            if user_pk in message.named:
+                sub.connection.send(message.named_frame)
+            elif user_pk in message.team:
+                sub.connection.send(message.team_frame)
 
     def _on_revoked(self, message: envelope.RevokedEnvelope) -> None:
         channel = self.channels.get(message.candidate_pk)

@@ -209,12 +209,14 @@ def echoable_ref(value: Any) -> Any:
 
 MESSAGE_CREATED: Final = "message.created"
 MESSAGE_DELETED: Final = "message.deleted"
+THREAD_READ: Final = "thread.read"
 SERVER_FRAME_TYPES: Final = (
     "ack",
     "error",
     "pong",
     MESSAGE_CREATED,
     MESSAGE_DELETED,
+    THREAD_READ,
     "unsubscribed",
     "candidate.updated",
     "unread",
@@ -347,6 +349,24 @@ def tombstone(frame: str, message_id: int) -> str | None:
         return None
     body["message"] = {**message, "body": None, "deleted": True}
     return _dumps(body)
+
+
+def thread_read(
+    candidate_id: str, thread_id: int, reader: dict[str, Any] | None, message_id: int, at: str
+) -> str:
+    """Someone else's read marker moved ("seen by"): `reader` names them, or is None when
+    the hiring team as a whole is meant (`team` true). No seq: it is not replayed."""
+    return _dumps(
+        {
+            "type": THREAD_READ,
+            "candidate": candidate_id,
+            "thread": thread_id,
+            "reader": reader,
+            "team": reader is None,
+            "message_id": message_id,
+            "at": at,
+        }
+    )
 
 
 def unsubscribed(candidate_id: str, reason: str) -> str:

@@ -246,6 +246,8 @@ class ReadMarker(Base):
     """The newest message id a user has read in a thread. It never moves back."""
 
     __tablename__ = "read_markers"
+    # "Seen by" reads every marker of a thread (of all threads of an answer at once).
+    __table_args__ = (Index("ix_read_markers_thread", "thread_id", "message_id"),)
     user_pk: Mapped[int] = mapped_column(
         ForeignKey("users.pk", ondelete="CASCADE"), primary_key=True
     )
@@ -253,6 +255,8 @@ class ReadMarker(Base):
         ForeignKey("threads.id", ondelete="CASCADE"), primary_key=True
     )
     message_id: Mapped[int] = mapped_column(BigInteger)
+    # When the marker last moved (None: it last moved before this was recorded).
+    read_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Event(Base):

@@ -238,6 +238,7 @@ MESSAGES = "/api/v1/threads/{id}/messages"
 READ = "/api/v1/threads/{id}/read"
 MESSAGE = "/api/v1/messages/{id}"
 NOTIFICATIONS = "/api/v1/me/notifications"
+CONVERSATIONS = "/api/v1/conversations"
 ANN, MEM, COORD, OUT = ("acme", "ann"), ("acme", "mem"), ("acme", "coord"), ("acme", "out")
 
 
@@ -256,8 +257,15 @@ async def provisioning(c: Client) -> None:
     await c.call("PUT", AGENCY, 404, who=s, json={"name": "Ag"}, org="nowhere", agency="ag")
     await c.call("PUT", USER, 404, who=s, json=member, org="nowhere", user="max")
     await c.call("PUT", CANDIDATE, 404, who=s, json={"name": "C"}, org="nowhere", cand="c9")
+    amy, max_ = ("new", "amy"), ("new", "max")
+    their = (await c.call("POST", THREADS, 201, who=amy, json={}, cand="c9")).json()["id"]
+    await c.call("POST", MESSAGES, 201, who=amy, json={"body": "bye"}, id=their)
     for _ in range(2):  # erasing an erased person again is a no-op
         await c.call("DELETE", USER, 204, who=s, org="new", user="amy")
+    # The erased person is still the author of its tombstone, under an id of its own.
+    history = (await c.call("GET", MESSAGES, 200, who=max_, id=their)).json()
+    assert history["messages"][0]["author"]["id"].startswith("~erased-")
+    await c.call("GET", CONVERSATIONS, 200, who=max_)
     await c.call("DELETE", USER, 404, who=s, org="new", user="nobody")
     await c.call("DELETE", USER, 404, who=s, org="nowhere", user="amy")
     await c.call("DELETE", CANDIDATE, 204, who=s, org="new", cand="c9")
@@ -324,6 +332,14 @@ async def reading(c: Client) -> None:
     await c.call("GET", "/api/v1/candidates", 200, who=COORD)
     await c.call("GET", "/api/v1/candidates", 200, who=MEM, params={"limit": 1})
     await c.call("GET", "/api/v1/candidates", 422, who=MEM, params={"limit": 0})
+    by_activity = {"order": "activity"}
+    listed = await c.call("GET", "/api/v1/candidates", 200, who=MEM, params=by_activity)
+    assert listed.json()["candidates"][0]["last_message"], "a newest message was checked too"
+    await c.call("GET", "/api/v1/candidates", 422, who=MEM, params={"before": 1})
+    inbox = (await c.call("GET", CONVERSATIONS, 200, who=MEM)).json()
+    assert inbox["conversations"], "conversations were checked too"
+    await c.call("GET", CONVERSATIONS, 200, who=ANN, params={"limit": 1, "before": MAX_ID})
+    await c.call("GET", CONVERSATIONS, 422, who=MEM, params={"before": 0})
     for who in (ANN, COORD):  # private contacts and thread members on one side or the other
         await c.call("GET", "/api/v1/candidates/{cand}", 200, who=who, cand="c1")
         await c.call("GET", THREADS, 200, who=who, cand="c1")
@@ -433,8 +449,16 @@ async def test_every_documented_answer_matches_its_schema(
 # --- parameter bounds ---------------------------------------------------------------------------
 
 
+# Parameters that only mean something with another one: sent along when probing them.
+PROBED_WITH: dict[tuple[str, str, str], dict[str, Any]] = {
+    ("GET", "/api/v1/candidates", "before"): {"order": "activity"},  # its cursor
+}
+
+
 def _probes(schema: dict[str, Any]) -> tuple[list[Any], list[Any]]:
     """Values at the documented bounds (to be accepted) and just past them (refused)."""
+    if "enum" in schema:
+        return list(schema["enum"]), ["x", schema["enum"][0].upper()]
     if schema["type"] == "integer":
         low, high = schema["minimum"], schema["maximum"]
         return [low, high], [low - 1, high + 1]
@@ -458,7 +482,7 @@ async def test_documented_parameter_bounds_are_the_enforced_ones(client: Client)
                     response = await c.send_valid(op, None, **{name: value})
                 else:
                     who, ids = c.as_caller(op), c.good_ids(op)
-                    query = {name: value}
+                    query = {**PROBED_WITH.get((op.method, op.path, name), {}), name: value}
                     response = await c.call(op.method, op.path, None, who=who, params=query, **ids)
                 what = (op.method, op.path, name, value, response.text[:300])
                 assert (response.status_code != 422) is accepted, what

@@ -13,15 +13,22 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Select, bindparam, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from channels import protocol
 from server.domain import facts, rules
 from server.domain.errors import AppError, InvalidInput, NotFound, Unavailable
-from server.domain.events import CandidateEvent, DomainEvent, EventSink, UnreadTouched
+from server.domain.events import (
+    CandidateEvent,
+    DomainEvent,
+    EventSink,
+    ThreadRead,
+    UnreadTouched,
+)
 from server.domain.facts import Principal, Target
 from server.domain.posting import NewMessage, Posted, post_message
 from server.domain.rules import Actor, ThreadKey
@@ -271,38 +278,63 @@ class Messaging:
         await self.sink.publish(events)
 
     async def mark_read(self, who: Principal, thread_id: int, message_id: int) -> int:
-        """Moves the caller's read marker forward (never back); returns the thread's unread."""
-        moved = False
+        """Moves the caller's read marker forward (never back), noting when; returns the
+        thread's unread. The others following the candidate are told ("seen by")."""
+        actor = who.actor
         async with self.db.write() as session:
             conn = await session.connection()
-            target = await facts.thread_target(conn, who.actor, thread_id)
-            rules.check_read(who.actor, target.access, target.ref)
+            target = await facts.thread_target(conn, actor, thread_id)
+            rules.check_read(actor, target.access, target.ref)
             thread_id = target.ref.id
-            in_thread = await session.scalar(
-                select(Message.id).where(Message.id == message_id, Message.thread_id == thread_id)
+            audience = rules.read_audience(target.access, target.ref, actor)
+            query: Select[Any] = select(Message.id).where(
+                Message.id == message_id, Message.thread_id == thread_id
             )
-            if in_thread is None:
+            team = rules.team_readers(target.access, target.ref, actor) if audience.team else None
+            if team:
+                # In the same statement: how far the rest of the hiring team has read.
+                query = query.add_columns(
+                    select(func.max(ReadMarker.message_id))
+                    .where(ReadMarker.thread_id == thread_id, ReadMarker.user_pk.in_(team))
+                    .scalar_subquery()
+                )
+            found = (await conn.execute(query)).first()
+            if found is None:
                 raise InvalidInput("message_id is not a message of this thread.")
-            marker = await session.get(ReadMarker, (who.actor.pk, thread_id))
+            if team and not rules.team_moved(message_id, found[1]):
+                audience = audience.without_team()
+            marker = await session.get(ReadMarker, (actor.pk, thread_id))
+            read_at, moved = utcnow(), True
             if marker is None:
                 session.add(
-                    ReadMarker(user_pk=who.actor.pk, thread_id=thread_id, message_id=message_id)
+                    ReadMarker(
+                        user_pk=actor.pk,
+                        thread_id=thread_id,
+                        message_id=message_id,
+                        read_at=read_at,
+                    )
                 )
-                moved = True
             elif marker.message_id < message_id:
-                marker.message_id = message_id
-                moved = True
+                marker.message_id, marker.read_at = message_id, read_at
+            else:
+                moved = False  # a marker never moves back
             await session.flush()
-            unread = await thread_unread(session, who.actor.pk, thread_id)
+            unread = await thread_unread(session, actor.pk, thread_id)
         if moved:
+            ref = target.ref
             await self.sink.publish(
                 [
-                    UnreadTouched(
-                        who.actor.org_pk,
-                        target.ref.candidate_pk,
+                    UnreadTouched(actor.org_pk, ref.candidate_pk, thread_id, frozenset({actor.pk})),
+                    ThreadRead(
+                        ref.candidate_pk,
+                        target.candidate_id,
                         thread_id,
-                        frozenset({who.actor.pk}),
-                    )
+                        who.user_json(),
+                        message_id,
+                        read_at,
+                        audience.named,
+                        audience.team,
+                    ),
                 ]
             )
         return unread

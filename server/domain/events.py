@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from server.domain.rules import ThreadRef
@@ -40,6 +41,21 @@ class UnreadTouched:
 
 
 @dataclass(frozen=True, slots=True)
+class ThreadRead:
+    """A user's read marker moved ("seen by"). Not an event of the candidate's log: it has
+    no seq and is never replayed; the others following the candidate are told at once."""
+
+    candidate_pk: int
+    candidate_id: str
+    thread_id: int
+    reader: dict[str, Any]  # the reader's `User`, for those told by name
+    message_id: int
+    at: datetime
+    named: frozenset[int]  # told who read
+    team: frozenset[int]  # told only that the hiring team read
+
+
+@dataclass(frozen=True, slots=True)
 class AccessRevoked:
     """These users no longer see the candidate (or it was erased)."""
 
@@ -58,7 +74,7 @@ class UserErased:
     user_pk: int
 
 
-DomainEvent = CandidateEvent | UnreadTouched | AccessRevoked | UserErased
+DomainEvent = CandidateEvent | UnreadTouched | ThreadRead | AccessRevoked | UserErased
 
 
 class EventSink(Protocol):

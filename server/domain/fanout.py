@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from channels import envelope, protocol
 from channels.interfaces import Broker, BrokerError
+from server.domain import views
 from server.domain.events import (
     AccessRevoked,
     CandidateEvent,
     DomainEvent,
+    ThreadRead,
     UnreadTouched,
     UserErased,
 )
@@ -50,6 +53,9 @@ def to_envelopes(events: Sequence[DomainEvent]) -> list[tuple[str, bytes]]:
                     event.new_message_id,
                 )
                 out.append((envelope.UNREAD_CHANNEL, envelope.encode(message)))
+        elif isinstance(event, ThreadRead):
+            if event.named or event.team:
+                out.append((envelope.candidate_channel(event.candidate_pk), _read_envelope(event)))
         elif isinstance(event, AccessRevoked):
             message = envelope.RevokedEnvelope(event.candidate_pk, event.user_pks, event.erased)
             out.append((envelope.candidate_channel(event.candidate_pk), envelope.encode(message)))
@@ -64,6 +70,27 @@ def to_envelopes(events: Sequence[DomainEvent]) -> list[tuple[str, bytes]]:
             signed_out = envelope.SignedOutEnvelope(event.org_pk, event.user_pk)
             out.append((envelope.UNREAD_CHANNEL, envelope.encode(signed_out)))
     return out
+
+
+def _read_envelope(event: ThreadRead) -> bytes:
+    """At most two frames per read, whoever and however many receive them."""
+    at = views.iso(event.at)
+
+    def frame(reader: dict[str, Any] | None, users: frozenset[int]) -> str:
+        if not users:
+            return ""
+        return protocol.thread_read(
+            event.candidate_id, event.thread_id, reader, event.message_id, at
+        )
+
+    message = envelope.ReadEnvelope(
+        event.candidate_pk,
+        event.named,
+        event.team,
+        frame(event.reader, event.named),
+        frame(None, event.team),
+    )
+    return envelope.encode(message)
 
 
 class BrokerSink:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import Select, bindparam, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.domain import facts, rules, views
+from server.domain import facts, inbox, rules, views
 from server.domain.rules import AGENCY, MEMBER, Actor, CandidateAccess
 from server.domain.views import Json
 from storage.models import Candidate, CandidateAgencyUser, CandidateMember
@@ -77,16 +77,40 @@ async def seen_candidates(
 
 
 async def candidate_page(
-    session: AsyncSession, actor: Actor, *, after: str | None, limit: int
+    session: AsyncSession,
+    actor: Actor,
+    *,
+    after: str | None,
+    limit: int,
+    order: str = inbox.BY_ID,
+    before: int | None = None,
 ) -> tuple[list[Json], bool]:
-    """A page of the actor's candidates (id order, after the id `after`) with their unread
-    counts, and whether more follow."""
-    rows, has_more = await views.visible_candidates(session, actor, after=after, limit=limit)
+    """A page of the actor's candidates with their unread counts and the newest message the
+    actor may see on each, and whether more follow. By id (after the id `after`), or newest
+    activity first (see `inbox.candidates_by_activity` for its cursors)."""
+    if order == inbox.BY_ACTIVITY:
+        rows, has_more = await inbox.candidates_by_activity(
+            session, actor, before=before, after=after, limit=limit
+        )
+    else:
+        found, has_more = await views.visible_candidates(session, actor, after=after, limit=limit)
+        newest = await inbox.last_visible_messages(session, actor, [c.pk for c in found])
+        rows = [inbox.CandidateRow(c.pk, c.ext_id, c.name, newest.get(c.pk)) for c in found]
     unread = await unread_by_candidate(session, actor)
-    page = [
-        {"id": c.ext_id, "name": c.name, "unread": unread[c.pk].count if c.pk in unread else 0}
-        for c in rows
-    ]
+    last = await views.messages_by_id(
+        session, [r.last_message_id for r in rows if r.last_message_id is not None]
+    )
+    page = []
+    for c in rows:
+        last_row = last.get(c.last_message_id) if c.last_message_id is not None else None
+        page.append(
+            {
+                "id": c.ext_id,
+                "name": c.name,
+                "unread": unread[c.pk].count if c.pk in unread else 0,
+                "last_message": last_row.to_json() if last_row else None,
+            }
+        )
     return page, has_more
 
 

@@ -20,12 +20,15 @@ The rules, as the contract states them:
   candidate. A thread whose agency user was unlinked stays readable to the members who
   see it, but takes no more posts.
 - Only the author deletes a message.
+- "Seen by": a member sees how far each other person who sees a thread has read it; an
+  agency user sees only how far the hiring team as a whole has read it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 from server.domain.errors import Forbidden, InvalidInput, NotFound
 
@@ -257,3 +260,86 @@ def alert_recipients(
         involved = {thread.agency_user_pk, candidate.coordinator_pk, *posters}
     viewers = thread_viewers(candidate, thread)
     return frozenset(pk for pk in involved if pk is not None and pk != author_pk and pk in viewers)
+
+
+# --- "seen by" ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """How far one user has read a thread, and when the marker last moved (None: before
+    that was recorded)."""
+
+    user_pk: int
+    message_id: int
+    read_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One entry of a thread's "seen by" as a caller is shown it: a named reader, or (for
+    an agency user) the hiring team as a whole, with `reader_pk` None."""
+
+    reader_pk: int | None
+    team: bool
+    message_id: int
+    at: datetime | None
+
+
+def seen_by(
+    viewer: Actor, candidate: CandidateAccess, thread: ThreadRef, markers: Iterable[Marker]
+) -> list[Seen]:
+    """How far the others have read a thread, as `viewer` may know it. Only markers of
+    people who see the thread now count, never the viewer's own. A member sees each of them
+    by name, furthest first; an agency user sees only how far the hiring team got (its
+    members' furthest marker, when it was first reached), never which member read."""
+    if not can_see_thread(viewer, candidate, thread):
+        return []
+    viewers = thread_viewers(candidate, thread)
+    others = [m for m in markers if m.user_pk in viewers and m.user_pk != viewer.pk]
+    if viewer.is_member:
+        others.sort(key=lambda m: (-m.message_id, m.user_pk))
+        return [Seen(m.user_pk, False, m.message_id, m.read_at) for m in others]
+    team = [m for m in others if m.user_pk != thread.agency_user_pk]
+    if not team:
+        return []
+    furthest = max(m.message_id for m in team)
+    # Markers without a time moved before any timed one: the earliest known reach.
+    first = min((m for m in team if m.message_id == furthest), key=_reached)
+    return [Seen(None, True, furthest, first.read_at)]
+
+
+def _reached(marker: Marker) -> tuple[bool, datetime | None]:
+    return (marker.read_at is not None, marker.read_at)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAudience:
+    """Who is told live that a marker moved: `named` see the reader by name; `team` see
+    only that the hiring team read (nobody is told of their own read)."""
+
+    named: frozenset[int]
+    team: frozenset[int]
+
+    def without_team(self) -> ReadAudience:
+        return ReadAudience(self.named, frozenset())
+
+
+def read_audience(candidate: CandidateAccess, thread: ThreadRef, reader: Actor) -> ReadAudience:
+    """The others who see the thread now. Members are told of every read by name; the
+    agency user is told of a member's read as the team's (see `team_moved`)."""
+    others = thread_viewers(candidate, thread) - {reader.pk}
+    named = others - {thread.agency_user_pk}
+    team = others & {thread.agency_user_pk} if reader.is_member else frozenset()
+    return ReadAudience(frozenset(named), frozenset(team))
+
+
+def team_readers(candidate: CandidateAccess, thread: ThreadRef, reader: Actor) -> frozenset[int]:
+    """The other members whose markers make the hiring team's furthest read of the thread."""
+    return thread_viewers(candidate, thread) - {thread.agency_user_pk, reader.pk}
+
+
+def team_moved(message_id: int, others_furthest: int | None) -> bool:
+    """A member's read is news to the agency user only when it moves the team's furthest
+    marker: what it is told live then matches what `seen_by` shows it."""
+    return others_furthest is None or message_id > others_furthest

@@ -26,7 +26,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from server.domain.rules import AGENCY, AGENCY_THREAD, MEMBER, Actor, CandidateAccess
+from server.domain import rules
+from server.domain.rules import (
+    AGENCY,
+    AGENCY_THREAD,
+    MEMBER,
+    Actor,
+    CandidateAccess,
+    Marker,
+    Seen,
+    ThreadRef,
+)
 from storage.models import (
     Agency,
     Candidate,
@@ -364,8 +374,9 @@ async def threads_json(
     whose access (as now) is `access`."""
     if not threads:
         return []
+    seen = await seen_entries(session, actor, [(_ref(t), access) for t in threads])
     user_pks = {t.agency_user_pk for t in threads} | {t.member_pk for t in threads if t.member_pk}
-    users = await users_by_pk(session, user_pks)
+    users = await users_by_pk(session, user_pks | seen_readers(seen))
     unread = await unread_by_thread(session, actor.pk, [t.id for t in threads])
     last = await messages_by_id(session, [t.last_message_id for t in threads if t.last_message_id])
     out = []
@@ -382,8 +393,66 @@ async def threads_json(
                 "agency_user_linked": access.agency_user_linked(t.agency_user_pk),
                 "unread": unread.get(t.id, 0),
                 "last_message": last_row.to_json() if last_row else None,
+                "seen": seen_list(seen[t.id], users),
             }
         )
+    return out
+
+
+def _ref(thread: Thread) -> ThreadRef:
+    return ThreadRef(
+        thread.id, thread.candidate_pk, thread.kind, thread.agency_user_pk, thread.member_pk
+    )
+
+
+# --- seen by ---------------------------------------------------------------------------
+
+
+async def seen_entries(
+    session: AsyncSession, actor: Actor, threads: Sequence[tuple[ThreadRef, CandidateAccess]]
+) -> dict[int, list[Seen]]:
+    """Each thread's "seen by" as the actor may be shown it (rules.seen_by), with the
+    access of its candidate as now; every marker read in one statement."""
+    markers = await markers_by_thread(session, [ref.id for ref, _ in threads])
+    return {
+        ref.id: rules.seen_by(actor, access, ref, markers.get(ref.id, ()))
+        for ref, access in threads
+    }
+
+
+def seen_readers(seen: dict[int, list[Seen]]) -> set[int]:
+    """The users that `seen_list` names: their rows are read with `users_by_pk`."""
+    return {s.reader_pk for entries in seen.values() for s in entries if s.reader_pk is not None}
+
+
+def seen_list(entries: list[Seen], users: dict[int, Any]) -> list[Json]:
+    """A thread's `seen`: the contract's `Seen` objects. (A reader erased between the two
+    reads has no row left to name: its entry goes with it.)"""
+    return [
+        {
+            "reader": None if s.reader_pk is None else user_json(users[s.reader_pk]),
+            "team": s.team,
+            "message_id": s.message_id,
+            "at": None if s.at is None else iso(s.at),
+        }
+        for s in entries
+        if s.reader_pk is None or s.reader_pk in users
+    ]
+
+
+_MARKERS = select(
+    ReadMarker.thread_id, ReadMarker.user_pk, ReadMarker.message_id, ReadMarker.read_at
+).where(ReadMarker.thread_id.in_(bindparam("threads", expanding=True)))
+
+
+async def markers_by_thread(
+    session: AsyncSession, thread_ids: Sequence[int]
+) -> dict[int, list[Marker]]:
+    """Every read marker of these threads, in one statement (by the thread index)."""
+    conn = await session.connection()
+    out: dict[int, list[Marker]] = {}
+    for row in await conn.execute(_MARKERS, {"threads": sorted(set(thread_ids))}):
+        out.setdefault(row.thread_id, []).append(Marker(row.user_pk, row.message_id, row.read_at))
     return out
 
 

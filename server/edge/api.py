@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from channels.protocol import HOST_ID, MAX_ID
-from server.domain import queries
+from server.domain import inbox, queries
 from server.domain.actions import OpenThreadRequest
 from server.domain.auth import SESSION_COOKIE, authenticate_token, bearer_token
 from server.domain.errors import Forbidden, InvalidInput, Unauthorized
@@ -18,8 +18,10 @@ from server.edge.http import JSONResponse, path_host_id, path_int, query_int, re
 from server.edge.origins import connection_origin_allowed
 from server.edge.schemas import (
     DEFAULT_CANDIDATE_PAGE,
+    DEFAULT_CONVERSATION_PAGE,
     DEFAULT_MESSAGE_PAGE,
     MAX_CANDIDATE_PAGE,
+    MAX_CONVERSATION_PAGE,
     MAX_MESSAGE_PAGE,
     OpenThreadIn,
     ReadIn,
@@ -97,14 +99,25 @@ def path_candidate(request: Request) -> str:
 
 
 async def list_candidates(request: Request) -> Response:
-    """The caller's candidates with their unread counts (an extension of the contract)."""
+    """The caller's candidates with their unread counts and newest visible message (an
+    extension of the contract), by id or newest activity first."""
     who = await principal(request)
     limit = query_int(request, "limit", low=1, high=MAX_CANDIDATE_PAGE) or DEFAULT_CANDIDATE_PAGE
+    order = request.query_params.get("order") or inbox.BY_ID
+    if order not in inbox.CANDIDATE_ORDERS:
+        raise InvalidInput(f"order must be one of: {', '.join(inbox.CANDIDATE_ORDERS)}.")
     after = request.query_params.get("after") or None
     if after is not None and not HOST_ID.fullmatch(after):
         raise InvalidInput("after must be a candidate id.")
+    before = query_int(request, "before", low=1, high=MAX_ID)
+    if before is not None and order != inbox.BY_ACTIVITY:
+        raise InvalidInput("before pages the activity order: send order=activity with it.")
+    if before is not None and after is not None:
+        raise InvalidInput("Send before or after, not both.")
     async with services(request).db.read() as session:
-        page, has_more = await queries.candidate_page(session, who.actor, after=after, limit=limit)
+        page, has_more = await queries.candidate_page(
+            session, who.actor, after=after, limit=limit, order=order, before=before
+        )
     return JSONResponse({"candidates": page, "has_more": has_more})
 
 
@@ -181,6 +194,18 @@ async def mark_read(request: Request) -> Response:
     return JSONResponse({"unread": unread})
 
 
+async def list_conversations(request: Request) -> Response:
+    """The caller's threads across candidates, newest activity first (the inbox)."""
+    who = await principal(request)
+    before = query_int(request, "before", low=1, high=MAX_ID)
+    limit = (
+        query_int(request, "limit", low=1, high=MAX_CONVERSATION_PAGE) or DEFAULT_CONVERSATION_PAGE
+    )
+    async with services(request).db.read() as session:
+        page, has_more = await inbox.conversations(session, who.actor, before=before, limit=limit)
+    return JSONResponse({"conversations": page, "has_more": has_more})
+
+
 async def unread_summary(request: Request) -> Response:
     """The blue dots: candidates with unread messages, each with its newest unread message."""
     who = await principal(request)
@@ -201,5 +226,6 @@ routes = [
     Route("/api/v1/threads/{id}/messages", send_message, methods=["POST"]),
     Route("/api/v1/threads/{id}/read", mark_read, methods=["POST"]),
     Route("/api/v1/messages/{id}", delete_message, methods=["DELETE"]),
+    Route("/api/v1/conversations", list_conversations, methods=["GET"]),
     Route("/api/v1/unread", unread_summary, methods=["GET"]),
 ]

@@ -32,7 +32,9 @@ from server.edge.http import MAX_BODY_BYTES, JSONResponse, TooLarge
 from server.edge.schemas import (
     AuditPageLimit,
     CandidateIn,
+    CandidateOrder,
     CandidatePageLimit,
+    ConversationPageLimit,
     MessagePageLimit,
     NamedIn,
     NotificationsIn,
@@ -187,10 +189,16 @@ OPERATIONS: Final = (
     Operation(
         "GET",
         "/api/v1/candidates",
-        "The caller's candidates with unread counts",
+        "The caller's candidates with unread counts and newest messages, by id or newest "
+        "activity first (`order=activity`: pages by `before`, a message id, then `after`)",
         "user",
         {200: out.CandidateList},
-        query={"after": HostId, "limit": CandidatePageLimit},
+        query={
+            "order": CandidateOrder,
+            "after": HostId,
+            "before": Id,
+            "limit": CandidatePageLimit,
+        },
     ),
     Operation(
         "GET",
@@ -239,6 +247,14 @@ OPERATIONS: Final = (
         ReadIn,
     ),
     Operation("DELETE", "/api/v1/messages/{id}", "Delete one's own message", "user", {204: None}),
+    Operation(
+        "GET",
+        "/api/v1/conversations",
+        "The caller's threads across candidates, newest activity first (the inbox)",
+        "user",
+        {200: out.ConversationPage},
+        query={"before": Id, "limit": ConversationPageLimit},
+    ),
     Operation(
         "GET",
         "/api/v1/unread",

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NonNegativeInt, StrictStr
 
 from channels.protocol import MAX_BODY_CHARS, ClientId, HostId, Id, Seq
+from server.domain.provisioning import ERASED_ID_PREFIX
 from server.edge.schemas import Email, Name
 
 UserKind = Literal["member", "agency"]
@@ -47,8 +48,13 @@ class AgencyRef(Output):
     name: Name
 
 
+# An erased person stays the author of its tombstones, under an id outside the host id
+# syntax (docs/api.md, "Erasing a person"); the prefix holds no regex metacharacter.
+ErasedUserId = Annotated[StrictStr, Field(pattern=f"^{ERASED_ID_PREFIX}[0-9]+$")]
+
+
 class User(Output):
-    id: HostId
+    id: HostId | ErasedUserId
     name: Name
     kind: UserKind
     agency: AgencyRef | None = Field(description="The agency of an agency user; null for a member.")
@@ -87,6 +93,22 @@ class MessagePage(Output):
     has_more: bool = Field(description="More messages exist in the paging direction.")
 
 
+class Seen(Output):
+    """How far someone else has read a thread ("seen by"): a member is shown each other
+    person who sees the thread by name; an agency user only the hiring team as a whole."""
+
+    reader: User | None = Field(
+        description="Who read; null for the hiring team as a whole (shown to an agency user)."
+    )
+    team: bool = Field(
+        description="The entry stands for the hiring team: how far its furthest member read."
+    )
+    message_id: Id = Field(description="The newest message of the thread read.")
+    at: AwareDatetime | None = Field(
+        description="When the marker moved there (UTC); null if it moved before that was recorded."
+    )
+
+
 class Thread(Output):
     id: Id
     candidate: HostId
@@ -99,10 +121,31 @@ class Thread(Output):
     )
     unread: NonNegativeInt
     last_message: Message | None
+    seen: list[Seen] = Field(
+        description="How far the others (never the caller) have read the thread, furthest "
+        "first; only people who see the thread now count."
+    )
 
 
 class ThreadList(Output):
     threads: list[Thread]
+
+
+class Conversation(Thread):
+    """A thread of the inbox: the contract's `Thread` with its candidate's name."""
+
+    candidate_name: Name
+    last_message: Message = Field(
+        description="The thread's newest message (a tombstone if deleted): its id is the "
+        "cursor of the next page."
+    )
+
+
+class ConversationPage(Output):
+    """The caller's threads across candidates, newest activity first."""
+
+    conversations: list[Conversation]
+    has_more: bool = Field(description="Threads with older activity follow the last one.")
 
 
 class UnreadCount(Output):
@@ -118,6 +161,10 @@ class CandidateSummary(Output):
     id: HostId
     name: Name
     unread: NonNegativeInt
+    last_message: Message | None = Field(
+        description="The newest message the caller may see on the candidate (a tombstone "
+        "if deleted); null when there is none."
+    )
 
 
 class CandidateList(Output):

@@ -24,9 +24,11 @@ from channels.protocol import Body, ClientId, HostId, Id, clean_text
 MAX_MESSAGE_PAGE = 100
 MAX_CANDIDATE_PAGE = 500
 MAX_AUDIT_PAGE = 500
+MAX_CONVERSATION_PAGE = 100
 DEFAULT_MESSAGE_PAGE = 50
 DEFAULT_CANDIDATE_PAGE = 100
 DEFAULT_AUDIT_PAGE = 100
+DEFAULT_CONVERSATION_PAGE = 50
 MessagePageLimit = Annotated[
     StrictInt, Field(ge=1, le=MAX_MESSAGE_PAGE, default=DEFAULT_MESSAGE_PAGE)
 ]
@@ -34,6 +36,11 @@ CandidatePageLimit = Annotated[
     StrictInt, Field(ge=1, le=MAX_CANDIDATE_PAGE, default=DEFAULT_CANDIDATE_PAGE)
 ]
 AuditPageLimit = Annotated[StrictInt, Field(ge=1, le=MAX_AUDIT_PAGE, default=DEFAULT_AUDIT_PAGE)]
+ConversationPageLimit = Annotated[
+    StrictInt, Field(ge=1, le=MAX_CONVERSATION_PAGE, default=DEFAULT_CONVERSATION_PAGE)
+]
+# The orders of GET /api/v1/candidates (server.domain.inbox names them).
+CandidateOrder = Annotated[Literal["id", "activity"], Field(default="id")]
 
 
 def _name(value: str) -> str:

@@ -240,6 +240,10 @@ def storage_row(database: str) -> dict[str, Any]:
         "messages": 100_000,
         "history_ms": {"p50": 1.0, "p99": 4.0 if database == "sqlite" else 6.0},
         "unread_by_user_ms": {"m0001": {"p50": 5.0, "p99": 12.0}, "m0000": {"p99": 99.0}},
+        "inbox_by_user_ms": {
+            "m0001": {"p50": 3.0, "p99": 8.0 if database == "sqlite" else 21.0},
+            "m0000": {"p99": 1.0},
+        },
         "baseline_me_ms": {"p50": 0.4, "p99": 0.9},
         "costs": costs,
     }
@@ -270,6 +274,19 @@ def test_the_storage_figures_by_database() -> None:
     # The coordinator's unread summary, not the worst of every user's.
     assert (found["9d"].figure.value, found["9d"].status) == (12.0, "PASS")
     assert "coordinator of 100 candidates" in found["9d"].figure.detail
+    # The inbox of the lead member (not the best of every user's), by database.
+    assert (found["9f"].figure.value, found["9f"].status) == (21.0, "FAIL")
+    assert (found["9g"].figure.value, found["9g"].status) == (8.0, "PASS")
+    assert found["9f"].figure.detail == "user of 100 candidates, 100,000 messages"
+
+
+def test_an_inbox_the_run_did_not_measure_is_not_measured() -> None:
+    data = storage()
+    for row in data["data"]["databases"]:
+        del row["inbox_by_user_ms"]  # a run from before the inbox was measured
+    found = {o.target.id: o for o in T.evaluate(results(storage=data))}
+    assert (found["9f"].status, found["9g"].status) == ("not measured", "not measured")
+    assert found["9d"].status == "PASS"
 
 
 def test_unread_frames() -> None:

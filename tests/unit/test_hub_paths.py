@@ -1,14 +1,17 @@
 """The hub's less travelled paths, with an in-memory event log and the in-process broker:
 replays longer than a batch, replays that fail or are given up on halfway, broker messages
-for candidates nobody here follows, closing with a catch-up in flight, and unread re-reads
-that fail or whose user leaves meanwhile."""
+for candidates nobody here follows, closing with a catch-up in flight, unread re-reads
+that fail or whose user leaves meanwhile, and reads ("seen by") told to whom they are meant."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 
+import orjson
 import pytest
 
 from channels import envelope
@@ -17,6 +20,8 @@ from channels.backends.memory import MemoryBroker, MemoryPresence
 from channels.connection import Connection
 from channels.hub import Hub, LoggedEvent
 from channels.unread import ThreadSnapshot
+from server.domain import fanout
+from server.domain.events import ThreadRead
 from tests.support.hub import (
     ORG,
     USER_PK,
@@ -334,3 +339,38 @@ async def test_presence_renewals_that_fail_are_logged_and_retried(
             await eventually(lambda: len(renewals) >= 3)
         assert "Presence leases could not be renewed" in caplog.text
         assert ((ORG, USER_PK), conn.id) in renewals[-1]  # the loop went on after the failure
+
+
+# --- thread.read ("seen by") ----------------------------------------------------------------
+
+
+async def test_a_read_reaches_each_subscriber_meant_with_its_frame_and_nobody_else(
+    hub_and_source: tuple[Hub, FakeSource],
+) -> None:
+    hub, _ = hub_and_source
+    named, team, outsider = connect(), connect(PEER_PK), connect(OUTSIDER_PK)
+    for conn in (named, team, outsider):
+        await hub.register(conn)
+        await hub.subscribe(conn, CAND, "c5", None, member_rule(conn.user_pk))
+    message = envelope.ReadEnvelope(
+        CAND, frozenset({USER_PK}), frozenset({PEER_PK}), '{"who":"named"}', '{"who":"team"}'
+    )
+    payload = envelope.encode(message)
+    assert envelope.decode(payload) == message
+    await hub.on_broker_message(envelope.candidate_channel(CAND), payload)
+    # Not for a candidate followed here: dropped, with nothing opened.
+    elsewhere = envelope.ReadEnvelope(OTHER_CAND, frozenset({USER_PK}), frozenset(), "{}", "")
+    await hub.on_broker_message(envelope.candidate_channel(OTHER_CAND), envelope.encode(elsewhere))
+    assert sent(named) == [{"who": "named"}] and sent(team) == [{"who": "team"}]
+    assert sent(outsider) == [] and set(hub.channels) == {CAND}
+
+
+def test_a_read_nobody_else_sees_is_not_published() -> None:
+    read = ThreadRead(
+        CAND, "c5", THREAD, {"id": "u"}, 42, datetime.now(UTC), frozenset(), frozenset()
+    )
+    assert fanout.to_envelopes([read]) == []
+    (item,) = fanout.to_envelopes([replace(read, named=frozenset({USER_PK}))])
+    decoded = envelope.decode(item[1])
+    assert isinstance(decoded, envelope.ReadEnvelope)
+    assert decoded.team_frame == "" and orjson.loads(decoded.named_frame)["reader"] == {"id": "u"}

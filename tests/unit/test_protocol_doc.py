@@ -186,3 +186,12 @@ def _subclasses(cls: type) -> list[type]:
     for sub in cls.__subclasses__():
         found += _subclasses(sub)
     return found
+
+
+def test_the_thread_read_frames_are_documented_with_the_fields_they_are_built_with() -> None:
+    named = protocol.thread_read("c1", 7, {"id": "ann"}, 42, "2026-12-01T15:04:05.123Z")
+    team = protocol.thread_read("c1", 7, None, 42, "2026-12-01T15:04:05.123Z")
+    documented = _examples(protocol.THREAD_READ)
+    assert [(e["reader"] is None, e["team"]) for e in documented] == [(False, False), (True, True)]
+    assert {_shape(e) for e in documented} == {_shape(orjson.loads(f)) for f in (named, team)}
+    assert orjson.loads(team)["team"] is True and orjson.loads(named)["team"] is False
