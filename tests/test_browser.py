@@ -50,6 +50,7 @@ from tests.support.browser import (
     message_item,
     name,
     open_messages,
+    outgoing,
     provision,
     ready,
     set_candidate,
@@ -394,7 +395,12 @@ async def test_pages_reconnect_after_a_restart_and_deliver_what_was_sent_offline
     await asyncio.to_thread(server.kill)
     await disconnected(coord)
     await write(coord, "Written while the server was down")
-    await expect(dialog(coord).get_by_role("status")).to_contain_text("Offline")
+    # (the panel has a second status while the socket is down: the "Reconnecting…" banner)
+    await expect(dialog(coord).get_by_role("status").filter(has_text="Offline")).to_be_visible()
+    await expect(
+        dialog(coord).get_by_role("status").filter(has_text="Reconnecting…")
+    ).to_be_visible()
+    await expect(outgoing(coord, "Written while the server was down")).to_contain_text("Sending…")
 
     await asyncio.to_thread(server.launch)  # the same port
     await connected(coord, timeout=RECONNECT)
@@ -680,6 +686,7 @@ async def test_screenshots_of_member_agency_and_phone_views(site: Site) -> None:
     await site.send("ann", agency["id"], "Hi! Jamie is available for interviews next week.")
     await site.send("coord", agency["id"], "Great, thanks. Could you share her salary range?")
     await site.send("ann", agency["id"], "She is looking for 85-90k, flexible on benefits.")
+    await site.send("ann", agency["id"], "Her portfolio: https://example.com/jamie-rivera")
     await site.send("mem", agency["id"], "Tuesday 10:00 works for the first interview.")
     private = await site.thread_of("coord", {"agency_user": "ann", "private": True})
     await site.send("coord", private["id"], "Between us: she is our top pick so far.")
@@ -703,5 +710,26 @@ async def test_screenshots_of_member_agency_and_phone_views(site: Site) -> None:
     await open_messages(phone)
     await expect(message_item(phone, "Tuesday is confirmed.")).to_be_visible()
     await phone.screenshot(path=str(ARTIFACTS / "member-phone.png"))
-    for shot in ("member-view.png", "agency-view.png", "member-phone.png"):
+
+    # The thread switcher on a phone, with more threads than fit: one row that scrolls.
+    for user, display in (("ben", "Ben Bauer"), ("cat", "Cat Castillo")):
+        await site.api.provision(
+            f"{ORG}/users/{user}",
+            {"name": display, "email": f"{user}@example.com", "kind": "agency", "agency": "ag"},
+        )
+    await site.api.provision(
+        f"{ORG}/candidates/{CANDIDATE}",
+        {
+            "name": CANDIDATE_NAME,
+            "coordinator": "coord",
+            "members": ["coord", "mem", "third"],
+            "agency_users": ["ann", "ben", "cat"],
+        },
+    )
+    ben = await site.thread_of("ben", {"private": False})
+    await site.send("ben", ben["id"], "Hello from Ben: a second candidate profile is coming.")
+    await expect(dialog(phone).get_by_role("tab")).to_have_count(4, timeout=SHORT)
+    await expect(tab(phone, "Ben Bauer")).to_have_accessible_name(re.compile("1 unread$"))
+    await phone.screenshot(path=str(ARTIFACTS / "phone-threads.png"))
+    for shot in ("member-view.png", "agency-view.png", "member-phone.png", "phone-threads.png"):
         assert (ARTIFACTS / shot).stat().st_size > 10_000

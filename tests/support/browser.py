@@ -254,10 +254,22 @@ def tab(page: Page, label: str) -> Locator:
 
 
 def message_item(page: Page, text: str) -> Locator:
+    """A message the server has: not one still on its way from this page (`outgoing`)."""
     return (
         dialog(page)
         .get_by_role("log")
         .get_by_role("listitem")
+        .and_(page.locator(":not(.am-outgoing)"))
+        .filter(has=page.get_by_text(text, exact=True))
+    )
+
+
+def outgoing(page: Page, text: str) -> Locator:
+    """A message this page sent that the server has not acknowledged: sending, or failed."""
+    return (
+        dialog(page)
+        .get_by_role("log")
+        .locator(".am-outgoing")
         .filter(has=page.get_by_text(text, exact=True))
     )
 
@@ -278,7 +290,10 @@ async def write(page: Page, text: str) -> None:
 
 async def bodies(page: Page) -> list[str]:
     texts: Sequence[str] = (
-        await dialog(page).get_by_role("log").locator(".am-body").all_inner_texts()
+        await dialog(page)
+        .get_by_role("log")
+        .locator(".am-message:not(.am-outgoing) .am-body")
+        .all_inner_texts()
     )
     return list(texts)
 

@@ -41,7 +41,7 @@ export async function api(path, { method = "GET", body } = {}) {
   return data;
 }
 
-function newClientId() {
+export function newClientId() {
   if (crypto.randomUUID) return crypto.randomUUID();
   const bytes = crypto.getRandomValues(new Uint8Array(16));
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
@@ -243,8 +243,9 @@ export class MessagingClient extends EventTarget {
     if (this.connected) this.request({ op: "unsubscribe", candidate }).catch(() => {});
   }
 
-  send(thread, body) {
-    const frame = { op: "send", thread, body, client_id: newClientId() };
+  // `clientId`: the same one for a retry of a send that failed, so that it is never stored twice.
+  send(thread, body, clientId = newClientId()) {
+    const frame = { op: "send", thread, body, client_id: clientId };
     if (this.connected) {
       return this.request(frame).catch((error) => {
         if (error.code !== "disconnected" && error.code !== "timeout") throw error;

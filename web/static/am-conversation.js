@@ -3,13 +3,15 @@
 // listen to its events:
 //   change   the threads, a count or the selection changed
 //   show     the selected thread's messages are to be shown (again)
-//   sent     detail: a message this tab sent
+//   outgoing detail: a message this tab is sending ({clientId, key, body, state}), whose
+//            state changed: "sending", or "failed" (with its `error`)
+//   sent     detail: a message this tab sent (its client_id names the outgoing one)
 //   lost     the user no longer has access to the candidate
 //
 // It reloads when who sees the candidate changes (`candidate.updated`): linked agency users,
 // the coordinator, private contacts and threads may all have changed.
 
-import { api, client, displayName, follow, listen, me } from "./am-shared.js";
+import { api, client, displayName, follow, listen, me, newClientId } from "./am-shared.js";
 
 export class Conversation extends EventTarget {
   constructor(candidateId) {
@@ -25,6 +27,8 @@ export class Conversation extends EventTarget {
     this.loaded = new Promise((resolve) => { this.onFirstLoad = resolve; });
     this.settled = false; // a first load has answered (or failed)
     this.reloads = 0;
+    this.outgoing = new Map(); // client_id -> a message on its way, or failed: shown until sent
+    this.sending = Promise.resolve(); // sends go one at a time, in the order written
   }
 
   start() {
@@ -191,20 +195,63 @@ export class Conversation extends EventTarget {
     this.select(thread);
   }
 
-  // Sends into `thread`, first creating it when it does not exist yet.
-  async send(thread, body) {
-    let target = this.find(thread.key) ?? thread;
-    if (target.id === null) target = await this.openThread(creation(this.user, target));
+  // Sends into `thread`, first creating it when it does not exist yet. The message shows at
+  // once as outgoing; it settles when the server acks it, or stays as failed (to retry).
+  // One at a time, in the order written: a second message must not overtake the first
+  // (say, while the first one creates the conversation).
+  send(thread, body) {
+    const entry = { clientId: newClientId(), key: thread.key, thread, body, state: "sending", error: null };
+    this.outgoing.set(entry.clientId, entry);
+    this.emit("outgoing", entry);
+    return this.enqueue(entry);
+  }
+
+  // Sends a failed message again, with its client_id: the server never stores it twice.
+  retry(clientId) {
+    const entry = this.outgoing.get(clientId);
+    if (!entry || entry.state !== "failed") return Promise.resolve();
+    entry.state = "sending";
+    entry.error = null;
+    this.emit("outgoing", entry);
+    return this.enqueue(entry);
+  }
+
+  discard(clientId) {
+    const entry = this.outgoing.get(clientId);
+    if (!entry || entry.state !== "failed") return;
+    this.outgoing.delete(clientId);
+    entry.state = "discarded";
+    this.emit("outgoing", entry);
+  }
+
+  // The messages on their way (or failed) in the thread with `key`, oldest first.
+  outgoingIn(key) {
+    return [...this.outgoing.values()].filter((entry) => entry.key === key);
+  }
+
+  enqueue(entry) {
+    const delivery = this.sending.then(() => this.deliver(entry));
+    this.sending = delivery.catch(() => {});
+    return delivery;
+  }
+
+  async deliver(entry) {
     let ack;
     try {
-      ack = await this.client.send(target.id, body);
+      let target = this.find(entry.key) ?? entry.thread;
+      if (target.id === null) target = await this.openThread(creation(this.user, target));
+      ack = await this.client.send(target.id, entry.body, entry.clientId);
     } catch (error) {
       if (error.code === "forbidden") this.reload(); // what changed shows (say, an unlinked agency user)
+      entry.state = "failed";
+      entry.error = error;
+      this.emit("outgoing", entry);
       throw error;
     }
-    this.emit("sent", ack.message);
+    this.outgoing.delete(entry.clientId);
+    this.emit("sent", { ...ack.message, client_id: ack.message.client_id ?? entry.clientId });
     // A reply says the thread was seen: everything before it is read.
-    await this.markRead(target.id, ack.message.id, { replied: true });
+    await this.markRead(ack.message.thread, ack.message.id, { replied: true });
   }
 }
 

@@ -1,15 +1,24 @@
-// <agency-message-list>: the selected thread's messages, oldest first, with "Load earlier
-// messages" above them, a "New" divider above the first unread one, and a menu to delete
-// one's own (after a confirmation). A deleted message stays in place as a tombstone. It
-// reads what it shows while the page is visible, and on coming back to the page; it takes
-// live messages and deletions from the socket. Part of <agency-messages>, which hands it
-// its `conversation`.
+// <agency-message-list>: the selected thread's messages, oldest first, read as a chat:
+// consecutive messages of one author grouped under one header, day separators, relative
+// times (the exact one on hover and focus), initials avatars in the colour of the author's
+// side, and links for http(s) URLs. "Load earlier messages" is above them, a "New" divider
+// above the first unread one, and a menu to delete one's own (after a confirmation). A
+// deleted message stays in place as a tombstone. Messages this tab sends show at once, as
+// "Sending…", and settle when the server has them, or say "Not sent" with a Retry. It reads
+// what it shows while the page is visible, and on coming back to the page; it takes live
+// messages and deletions from the socket. Part of <agency-messages>, which hands it its
+// `conversation`.
 
 import { announce, api, client, displayName, el, listen } from "./am-shared.js";
 
 const PAGE = 50;
 const MAX_PAGES_BACK = 20; // how far opening at a message pages back to reach it
-const timeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+const GROUP_WITHIN_MS = 5 * 60_000; // one author's messages this close share a header
+const TICK_MS = 20_000; // how often relative times are brought up to date
+const exactFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "short" });
+const clockFormat = new Intl.DateTimeFormat(undefined, { timeStyle: "short" });
+const dayFormat = new Intl.DateTimeFormat(undefined, { weekday: "long", month: "long", day: "numeric" });
+const dayYearFormat = new Intl.DateTimeFormat(undefined, { weekday: "long", year: "numeric", month: "long", day: "numeric" });
 
 class AgencyMessageList extends HTMLElement {
   connectedCallback() {
@@ -24,11 +33,15 @@ class AgencyMessageList extends HTMLElement {
     this.target = null; // the message id to open at (from a link), once
     this.confirm = this.confirmDialog();
     this.replaceChildren(this.loading, this.earlier, this.log, this.confirm);
+    this.outgoingItems = new Map(); // client_id -> the <li> of a message on its way, or failed
+    this.tick = setInterval(() => this.isOpen() && this.refreshTimes(), TICK_MS);
     this.stopListening = [
+      () => clearInterval(this.tick),
       listen(document, { visibilitychange: () => this.onVisible() }),
       listen(this.conversation, {
         show: () => this.isOpen() && this.show(),
         sent: (e) => this.onSent(e.detail),
+        outgoing: (e) => this.onOutgoing(e.detail),
         lost: () => {
           this.setLoading(false);
           this.clear();
@@ -51,6 +64,7 @@ class AgencyMessageList extends HTMLElement {
 
   clear() {
     this.items.clear();
+    this.outgoingItems.clear();
     this.log.replaceChildren();
   }
 
@@ -87,7 +101,8 @@ class AgencyMessageList extends HTMLElement {
     if (thread.id === null) {
       this.setLoading(false);
       this.earlier.hidden = true;
-      announce(this, "No messages yet. Write the first one.");
+      this.showOutgoing(thread);
+      if (!this.outgoingItems.size) announce(this, "No messages yet. Write the first one.");
       return;
     }
     this.earlier.hidden = true;
@@ -106,7 +121,9 @@ class AgencyMessageList extends HTMLElement {
     for (let pages = 0; !reached() && !this.earlier.hidden && pages < MAX_PAGES_BACK; pages += 1) {
       if (!(await this.loadEarlier()) || superseded()) return;
     }
+    this.showOutgoing(thread);
     const divider = this.placeDivider(unread);
+    this.regroup();
     const at = divider ?? this.items.get(target);
     if (at) this.scrollTo(at);
     else this.scrollToEnd();
@@ -121,6 +138,7 @@ class AgencyMessageList extends HTMLElement {
     const page = await api(`/api/v1/threads/${thread.id}/messages?limit=${PAGE}`).catch(() => null);
     if (!page || this.thread?.id !== thread.id) return;
     for (const message of page.messages) this.update(message);
+    this.regroup();
     if (atEnd) this.scrollToEnd();
     await this.markRead();
   }
@@ -132,7 +150,11 @@ class AgencyMessageList extends HTMLElement {
     if (!thread?.id || first === Infinity) return false;
     const page = await api(`/api/v1/threads/${thread.id}/messages?limit=${PAGE}&before=${first}`).catch(() => null);
     if (!page || this.thread?.id !== thread.id) return false;
+    // The view stays on what the user was reading: the page goes in above it.
+    const fromEnd = this.log.scrollHeight - this.log.scrollTop;
     for (const message of page.messages) this.insert(message);
+    this.regroup();
+    this.log.scrollTop = this.log.scrollHeight - fromEnd;
     this.earlier.hidden = !page.has_more;
     return true;
   }
@@ -169,6 +191,7 @@ class AgencyMessageList extends HTMLElement {
     const first = unread > 0 ? others[Math.max(0, others.length - unread)] : null;
     if (!first) return null;
     this.log.insertBefore(this.divider, first);
+    this.regroup();
     return this.divider;
   }
 
@@ -182,6 +205,8 @@ class AgencyMessageList extends HTMLElement {
     if (!this.isOpen() || !this.thread?.id || frame.thread !== this.thread.id) return;
     announce(this, "");
     this.insert(frame.message);
+    this.settle(frame.message.client_id); // (its ack may come after this event)
+    this.regroup();
     if (document.visibilityState === "visible") this.scrollToEnd(); // else: at the divider on return
     if (frame.message.author.id !== this.conversation.user?.id) {
       this.conversation.countArrival(frame.thread);
@@ -190,9 +215,74 @@ class AgencyMessageList extends HTMLElement {
   }
 
   onSent(message) {
-    if (message.thread !== this.thread?.id) return;
+    if (message.thread !== this.thread?.id) {
+      this.settle(message.client_id);
+      return;
+    }
     this.insert(message);
+    this.settle(message.client_id);
+    this.regroup();
     this.scrollToEnd();
+  }
+
+  // --- messages on their way ----------------------------------------------------------------
+
+  // A message this tab sends, shown (or drawn again) in its state, at the end of the log.
+  onOutgoing(entry) {
+    const shown = this.outgoingItems.get(entry.clientId);
+    if (entry.state === "discarded") {
+      this.settle(entry.clientId);
+      this.dispatchEvent(new CustomEvent("am-focus-compose", { bubbles: true }));
+      return;
+    }
+    if (!this.thread || entry.key !== this.thread.key || !this.isOpen()) return;
+    announce(this, this.client.connected ? "" : "Offline: the message will be sent when the connection is back.");
+    const focusedRetry = shown?.contains(document.activeElement);
+    const item = this.outgoingItem(entry);
+    if (shown) shown.replaceWith(item);
+    else this.log.append(item);
+    this.outgoingItems.set(entry.clientId, item);
+    this.regroup();
+    if (!shown) this.scrollToEnd();
+    if (focusedRetry) item.focus();
+  }
+
+  showOutgoing(thread) {
+    for (const entry of this.conversation.outgoingIn(thread.key)) {
+      if (this.outgoingItems.has(entry.clientId)) continue; // shown meanwhile
+      const item = this.outgoingItem(entry);
+      this.log.append(item);
+      this.outgoingItems.set(entry.clientId, item);
+    }
+  }
+
+  // The message with that client_id has arrived: its outgoing copy goes.
+  settle(clientId) {
+    const item = clientId ? this.outgoingItems.get(clientId) : null;
+    if (!item) return;
+    const hadFocus = item.contains(document.activeElement);
+    item.remove();
+    this.outgoingItems.delete(clientId);
+    this.regroup();
+    if (hadFocus) this.dispatchEvent(new CustomEvent("am-focus-compose", { bubbles: true }));
+  }
+
+  outgoingItem(entry) {
+    const user = this.conversation.user ?? { id: "", name: "", kind: "member" };
+    const failed = entry.state === "failed";
+    const state = failed
+      ? el("p", { class: "am-send-state am-failed-state" },
+        el("span", { text: "Not sent — " }),
+        el("button", { type: "button", class: "am-retry", text: "Retry", onclick: () => this.conversation.retry(entry.clientId) }),
+        el("button", { type: "button", class: "am-discard", text: "Discard", onclick: () => this.conversation.discard(entry.clientId) }))
+      : el("p", { class: "am-send-state", text: "Sending…" });
+    const item = this.item({ id: null, author: user, body: entry.body, created_at: new Date().toISOString(), deleted: false }, { outgoing: true });
+    item.classList.add("am-outgoing", failed ? "am-failed" : "am-pending");
+    item.dataset.clientId = entry.clientId;
+    item.tabIndex = -1;
+    if (!failed) item.setAttribute("aria-busy", "true");
+    item.querySelector(".am-content").append(state);
+    return item;
   }
 
   setLoading(loading) {
@@ -218,6 +308,7 @@ class AgencyMessageList extends HTMLElement {
     const fresh = this.item(message);
     item.replaceWith(fresh);
     this.items.set(message.id, fresh);
+    this.regroup();
     if (focused) (fresh.querySelector(".am-actions") ?? this.nextActions(fresh))?.focus();
   }
 
@@ -233,6 +324,7 @@ class AgencyMessageList extends HTMLElement {
       item.replaceWith(stone);
       this.items.set(messageId, stone);
       item = stone;
+      this.regroup();
     }
     if (!focusWasHere) return;
     const next = this.nextActions(item);
@@ -256,8 +348,48 @@ class AgencyMessageList extends HTMLElement {
     const later = this.items.get(Math.min(...[...this.items.keys()].filter((id) => id > message.id)));
     const item = this.item(message);
     // Above the divider when going before the first unread message: older ones are read.
-    this.log.insertBefore(item, later && later.previousElementSibling === this.divider ? this.divider : (later ?? null));
+    // Last of the messages stored, before those still on their way.
+    const before = later ?? this.log.querySelector(".am-outgoing");
+    this.log.insertBefore(item, before && before.previousElementSibling === this.divider ? this.divider : (before ?? null));
     this.items.set(message.id, item);
+  }
+
+  // Groups consecutive messages of one author (a few minutes apart, not across the "New"
+  // divider), and puts a separator above each day's first message.
+  regroup() {
+    for (const day of this.log.querySelectorAll(".am-day")) day.remove();
+    let previous = null;
+    let previousDay = null;
+    for (const node of [...this.log.children]) {
+      if (!node.classList.contains("am-message")) {
+        previous = null; // the "New" divider starts a group anew
+        continue;
+      }
+      const at = new Date(node.dataset.at);
+      const day = dayKey(at);
+      if (day !== previousDay) {
+        const separator = el("li", { role: "separator", class: "am-day", "aria-label": dayLabel(at) }, el("span", { text: dayLabel(at) }));
+        this.log.insertBefore(separator, node.previousElementSibling === this.divider ? this.divider : node);
+        previousDay = day;
+        previous = null;
+      }
+      const continued = previous !== null
+        && previous.dataset.author === node.dataset.author
+        && at - new Date(previous.dataset.at) < GROUP_WITHIN_MS;
+      node.classList.toggle("am-continued", continued);
+      previous = node;
+    }
+  }
+
+  // Relative times move on ("just now", "2 min ago"...), and past midnight, the days.
+  refreshTimes() {
+    for (const time of this.log.querySelectorAll("time[datetime]")) {
+      const text = relativeTime(new Date(time.dateTime));
+      if (time.textContent !== text) time.textContent = text;
+    }
+    const today = dayKey(new Date());
+    if (this.today !== undefined && this.today !== today) this.regroup();
+    this.today = today;
   }
 
   scrollToEnd() {
@@ -268,28 +400,47 @@ class AgencyMessageList extends HTMLElement {
     this.log.scrollTop += node.getBoundingClientRect().top - this.log.getBoundingClientRect().top - 8;
   }
 
-  item(message) {
+  item(message, { outgoing = false } = {}) {
     const mine = message.author.id === this.conversation.user?.id;
     const side = message.author.kind === "agency" ? "agency" : "hiring";
+    const at = new Date(message.created_at);
+    const exact = exactFormat.format(at);
+    // The author's name, then the side as a tag: an agency user's agency (the name reads
+    // "Ann Agent · TalentCo" as a whole), or "Hiring team".
+    const agency = message.author.agency?.name;
     const meta = el("div", { class: "am-meta" },
-      el("span", { class: "am-author", text: displayName(message.author) }),
-      el("span", { class: "am-side", text: side === "agency" ? "Agency" : "Hiring team" }),
-      el("time", { datetime: message.created_at, text: timeFormat.format(new Date(message.created_at)) }),
-      mine && !message.deleted ? this.actionsMenu(message) : null);
+      el("span", { class: "am-author", text: message.author.name ?? "" },
+        agency ? el("span", { class: "am-visually-hidden", text: " · " }) : null),
+      el("span", { class: "am-side", text: agency ?? (side === "agency" ? "Agency" : "Hiring team") }),
+      outgoing ? null : el("time", { datetime: message.created_at, title: exact, "aria-label": exact, tabindex: "0", text: relativeTime(at) }));
     const text = message.deleted
       ? el("p", { class: "am-tombstone", text: "Message deleted" })
-      : el("p", { class: "am-body", text: message.body ?? "" });
+      : el("p", { class: "am-body", dir: "auto" }, ...linkify(message.body ?? ""));
     const item = el("li", {
       class: `am-message am-${side}${mine ? " am-mine" : ""}${message.deleted ? " am-deleted" : ""}`,
-      "data-id": String(message.id),
+      "data-id": message.id === null ? null : String(message.id),
       "data-author": message.author.id,
-    }, meta, text);
+      "data-at": message.created_at,
+    },
+    el("span", { class: `am-avatar am-avatar-${side}`, "aria-hidden": "true", text: initials(message.author.name) }),
+    el("div", { class: "am-content" }, meta, text),
+    mine && !message.deleted && !outgoing ? this.actionsMenu(message) : null);
     item.message = message;
     return item;
   }
 
   actionsMenu(message) {
-    const menu = el("div", { role: "menu", class: "am-menu", hidden: true });
+    const menu = el("div", {
+      role: "menu",
+      class: "am-menu",
+      hidden: true,
+      // Escape pressed elsewhere in the dialog closes this menu first (the innermost thing).
+      "onam-dismiss": () => {
+        const inside = menu.contains(document.activeElement);
+        setOpen(false);
+        if (inside) button.focus();
+      },
+    });
     const button = el("button", {
       type: "button",
       class: "am-actions",
@@ -315,6 +466,7 @@ class AgencyMessageList extends HTMLElement {
       onkeydown: (e) => {
         if (e.key !== "Escape") return;
         e.preventDefault(); // closes the menu only, not the dialog around it
+        e.stopPropagation();
         setOpen(false);
         button.focus();
       },
@@ -360,6 +512,66 @@ class AgencyMessageList extends HTMLElement {
       this.items.get(message.id)?.querySelector(".am-actions")?.focus();
     }
   }
+}
+
+// --- how messages read ---------------------------------------------------------------------
+
+// "just now", "2 min ago", "3 h ago"; from six hours back, the time of day (the day
+// separator above says which day).
+export function relativeTime(at, now = new Date()) {
+  const minutes = Math.floor((now - at) / 60_000);
+  if (minutes < 1) return "just now";
+  if (minutes < 60) return `${minutes} min ago`;
+  if (minutes < 6 * 60) return `${Math.floor(minutes / 60)} h ago`;
+  return clockFormat.format(at);
+}
+
+function dayKey(at) {
+  return `${at.getFullYear()}-${at.getMonth()}-${at.getDate()}`;
+}
+
+export function dayLabel(at, now = new Date()) {
+  if (dayKey(at) === dayKey(now)) return "Today";
+  const yesterday = new Date(now);
+  yesterday.setDate(now.getDate() - 1);
+  if (dayKey(at) === dayKey(yesterday)) return "Yesterday";
+  return (at.getFullYear() === now.getFullYear() ? dayFormat : dayYearFormat).format(at);
+}
+
+// "Ann Archer" -> "AA"; one name -> its first letter.
+export function initials(name) {
+  const words = (name ?? "").trim().split(/\s+/).filter(Boolean);
+  const letters = words.length > 1 ? [words[0], words.at(-1)] : words;
+  return letters.map((word) => [...word][0]).join("").toLocaleUpperCase();
+}
+
+// A message body as text nodes, with its http(s) URLs as links. Any other scheme
+// (javascript:, data:...) stays text; the link's text is the URL as written.
+const URL_PATTERN = /\bhttps?:\/\/[^\s<>"'`]+/gi;
+const TRAILING = /[.,;:!?'"]+$/;
+
+export function linkify(text) {
+  const nodes = [];
+  let last = 0;
+  for (const match of text.matchAll(URL_PATTERN)) {
+    let raw = match[0].replace(TRAILING, "");
+    // A closing parenthesis belongs to the URL only when it opened one ("(see https://x)").
+    while (raw.endsWith(")") && (raw.match(/\(/g) ?? []).length < (raw.match(/\)/g) ?? []).length) {
+      raw = raw.slice(0, -1).replace(TRAILING, "");
+    }
+    let url;
+    try {
+      url = new URL(raw);
+    } catch {
+      continue;
+    }
+    if (url.protocol !== "http:" && url.protocol !== "https:") continue;
+    if (match.index > last) nodes.push(document.createTextNode(text.slice(last, match.index)));
+    nodes.push(el("a", { href: url.href, rel: "noopener noreferrer", target: "_blank", text: raw }));
+    last = match.index + raw.length;
+  }
+  if (last < text.length) nodes.push(document.createTextNode(text.slice(last)));
+  return nodes;
 }
 
 // Whether an item drawn from `shown` reads as one drawn from `current` would.

@@ -12,16 +12,22 @@ class AgencyPrivateMenu extends HTMLElement {
     this.button = el("button", {
       type: "button",
       class: "am-private",
-      text: "Message privately",
+      title: "Message privately",
       hidden: true,
       onclick: () => this.start(),
-    });
+    }, privateIcon(), el("span", { class: "am-private-text", text: "Message privately" }));
     this.menu = el("div", {
       role: "menu",
       class: "am-menu",
       hidden: true,
       "aria-label": "Message privately with",
       onkeydown: (e) => this.onKey(e),
+      // Escape pressed elsewhere in the dialog closes this menu first (the innermost thing).
+      "onam-dismiss": () => {
+        const inside = this.menu.contains(document.activeElement);
+        this.setOpen(false);
+        if (inside) this.button.focus();
+      },
     });
     this.replaceChildren(this.button, this.menu);
     this.stopListening = [
@@ -104,6 +110,19 @@ class AgencyPrivateMenu extends HTMLElement {
     this.conversation.startPrivate(other);
     this.dispatchEvent(new CustomEvent("am-focus-compose", { bubbles: true }));
   }
+}
+
+// A lock with a plus: the button shows it alone (its name is in its text).
+function privateIcon() {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  for (const [key, value] of Object.entries({ viewBox: "0 0 24 24", width: "16", height: "16", "aria-hidden": "true", class: "am-private-icon" })) {
+    svg.setAttribute(key, value);
+  }
+  const path = document.createElementNS(ns, "path");
+  path.setAttribute("d", "M4 12h9v9H4zM6.5 12V9a2 2 0 0 1 4 0v3M18 4v6M15 7h6");
+  svg.append(path);
+  return svg;
 }
 
 customElements.define("agency-private-menu", AgencyPrivateMenu);

@@ -2,9 +2,9 @@
 // candidates they follow, and small DOM helpers. Every piece of user text is set with
 // textContent: never parsed as HTML.
 
-import { api, client } from "./am-client.js";
+import { api, client, newClientId } from "./am-client.js";
 
-export { api, client };
+export { api, client, newClientId };
 
 let mePromise = null;
 

@@ -1,6 +1,7 @@
-// <agency-thread-tabs>: the dialog's tabs, one per thread, each with its blue dot. Arrow
-// keys, Home and End move between them (a roving tabindex). Part of <agency-messages>,
-// which hands it its `conversation`.
+// <agency-thread-tabs>: the dialog's tabs, one per thread, each with its blue dot; private
+// threads carry a lock. One row, scrolling sideways when the threads do not fit. Arrow keys,
+// Home and End move between them (a roving tabindex). Part of <agency-messages>, which hands
+// it its `conversation`.
 
 import { blueDot, el, listen } from "./am-shared.js";
 
@@ -23,26 +24,50 @@ class AgencyThreadTabs extends HTMLElement {
     this.stopListening();
   }
 
+  // Tabs are updated in place, keyed by thread: a count that changes (a message arrives)
+  // leaves the tab that has the keyboard focused, and a screen reader on it undisturbed.
   render() {
-    // Counts change while a tab has the keyboard: the redrawn tab takes the focus back.
-    const focusedKey = this.tablist.contains(document.activeElement) ? document.activeElement.dataset.key : null;
     const { threads, selected } = this.conversation;
-    this.tablist.replaceChildren(...threads.map((t) => this.tab(t, t.key === selected?.key)));
-    if (focusedKey) this.tabs().find((tab) => tab.dataset.key === focusedKey)?.focus();
+    const existing = new Map(this.tabs().map((tab) => [tab.dataset.key, tab]));
+    const tabs = threads.map((thread) => {
+      const tab = existing.get(thread.key) ?? this.tab(thread);
+      existing.delete(thread.key);
+      this.update(tab, thread, thread.key === selected?.key);
+      return tab;
+    });
+    for (const gone of existing.values()) gone.remove();
+    tabs.forEach((tab, index) => {
+      if (this.tablist.children[index] !== tab) this.tablist.insertBefore(tab, this.tablist.children[index] ?? null);
+    });
+    const current = tabs.find((tab) => tab.dataset.key === selected?.key);
+    if (current && current.dataset.key !== this.shownKey) {
+      this.shownKey = current.dataset.key;
+      current.scrollIntoView?.({ block: "nearest", inline: "nearest" });
+    }
   }
 
-  tab(thread, selected) {
-    return el("button", {
+  tab(thread) {
+    const tab = el("button", {
       type: "button",
       role: "tab",
       class: "am-tab",
       "data-key": thread.key,
-      "aria-selected": selected ? "true" : "false",
-      tabindex: selected ? "0" : "-1",
-      "aria-label": thread.unread ? `${thread.label}, ${thread.unread} unread` : thread.label,
-      onclick: () => this.conversation.select(thread),
+      onclick: () => this.conversation.select(this.conversation.find(tab.dataset.key) ?? thread),
       onkeydown: (e) => this.onKey(e),
-    }, el("span", { text: thread.label }), blueDot({ hidden: !thread.unread }));
+    }, thread.kind === "private" ? lockIcon() : null, el("span", { class: "am-tab-label" }), blueDot({ hidden: true }));
+    return tab;
+  }
+
+  update(tab, thread, selected) {
+    tab.setAttribute("aria-selected", selected ? "true" : "false");
+    tab.tabIndex = selected ? 0 : -1;
+    tab.setAttribute("aria-label", thread.unread ? `${thread.label}, ${thread.unread} unread` : thread.label);
+    // The tab shows the person's name alone (the lock says private); its accessible name,
+    // which contains what it shows, is the full label.
+    const label = tab.querySelector(".am-tab-label");
+    const text = shortLabel(this.conversation.user, thread);
+    if (label.textContent !== text) label.textContent = text;
+    tab.querySelector(".blue-dot").hidden = !thread.unread;
   }
 
   tabs() {
@@ -59,6 +84,26 @@ class AgencyThreadTabs extends HTMLElement {
     target.focus();
     target.click();
   }
+}
+
+function shortLabel(user, thread) {
+  const other = thread.kind === "private" && user?.kind === "agency" ? thread.member : thread.agency_user;
+  if (thread.kind === "agency" && user?.kind === "agency") return thread.label;
+  return other?.name || thread.label;
+}
+
+function lockIcon() {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  for (const [key, value] of Object.entries({ viewBox: "0 0 24 24", width: "12", height: "12", "aria-hidden": "true", class: "am-lock" })) {
+    svg.setAttribute(key, value);
+  }
+  const body = document.createElementNS(ns, "rect");
+  for (const [key, value] of Object.entries({ x: "5", y: "11", width: "14", height: "10", rx: "2" })) body.setAttribute(key, value);
+  const shackle = document.createElementNS(ns, "path");
+  shackle.setAttribute("d", "M8 11V8a4 4 0 0 1 8 0v3");
+  svg.append(body, shackle);
+  return svg;
 }
 
 customElements.define("agency-thread-tabs", AgencyThreadTabs);
