@@ -17,11 +17,9 @@ import "./am-compose.js";
 import { Conversation } from "./am-conversation.js";
 import "./am-message-list.js";
 import "./am-private-menu.js";
+import "./am-seen-by.js";
 import { blueDot, client, el, listen, onOpenRequest } from "./am-shared.js";
 import "./am-thread-tabs.js";
-
-// "Seen by" under the last message: a part that may be missing (it then shows nothing).
-import("./am-seen-by.js").catch(() => {});
 
 const LOST_ACCESS = "You no longer have access to this candidate's messages.";
 

@@ -3,9 +3,6 @@
 import { api, client } from "./am-client.js";
 import { displayName } from "./am-shared.js";
 
-// The top bar's inbox across candidates (<agency-inbox>), when the deployment has it.
-import("./am-inbox.js").catch(() => {});
-
 async function main() {
   let user;
   try {
