@@ -246,12 +246,15 @@ def thread_visible(actor: Actor) -> ColumnElement[bool]:
 # --- unread -----------------------------------------------------------------------------
 
 
-def unread_conditions(user_pk: int) -> list[ColumnElement[bool]]:
+def unread_conditions(
+    user_pk: Any, thread_id: Any = Thread.id, read_up_to: Any = READ_UP_TO
+) -> list[ColumnElement[bool]]:
     """What "unread" means, in the one place it is written (with the thread and the
-    user's marker joined): after the marker, by someone else, not deleted."""
+    user's marker joined, or their columns given): after the marker, by someone else, not
+    deleted."""
     return [
-        Message.thread_id == Thread.id,
-        Message.id > READ_UP_TO,
+        Message.thread_id == thread_id,
+        Message.id > read_up_to,
         Message.author_pk != user_pk,
         Message.deleted.is_(False),
     ]
