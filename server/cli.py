@@ -104,7 +104,8 @@ def _serve(settings: Settings, host: str, port: int) -> int:
     except migrate.SchemaOutOfDate as error:
         print(f"agency-messaging: {error}", file=sys.stderr)
         return 2
-    config = uvicorn_config(create_app(settings, auto_migrate=False), host, port)
+    app = create_app(settings, auto_migrate=False, freeze_after_start=True)
+    config = uvicorn_config(app, host, port)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT (sockets closed with 1012, requests
     # in flight finished), then re-raises the signal to the handler that was there before.
     # This one makes that graceful stop an ordinary exit with status 0.

@@ -210,6 +210,10 @@ def test_production_serves_the_client_and_the_api_but_no_demo_pages(
         me = client.get("/api/v1/me", headers={"Authorization": f"Bearer {mine}"})
         assert me.status_code == 200, me.text
         assert me.json()["id"] == "mia"
+        # The serving process kept what start-up built out of the garbage collector's walks.
+        metrics = client.get("/metrics").text
+        (frozen,) = [line for line in metrics.splitlines() if line.startswith("am_gc_frozen")]
+        assert float(frozen.split()[-1]) > 10_000, frozen
 
 
 # --- demo -------------------------------------------------------------------------------

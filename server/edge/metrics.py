@@ -71,6 +71,11 @@ class Metrics:
             registry=r,
         )
         self.emails = Counter("am_emails", "Email alerts, by outcome.", ["outcome"], registry=r)
+        self.gc_frozen = Gauge(
+            "am_gc_frozen_objects",
+            "Objects kept out of Python's garbage collector after start-up (gc.freeze).",
+            registry=r,
+        )
 
     def count_sql_statements(self, read: Callable[[], int]) -> None:
         self.sql_statements.set_function(read)
