@@ -11,7 +11,9 @@
 // Also home of the helpers the candidate list and <agency-seen-by> share: previews and
 // relative times.
 
-import { api, client, displayName, el, listen, me } from "./am-shared.js";
+import { api, client, displayName, el, icon, listen, me } from "./am-shared.js";
+
+const INBOX = "M3 13l3-8h12l3 8v6a1 1 0 0 1-1 1H4a1 1 0 0 1-1-1v-6zm0 0h5l1 3h6l1-3h5"; // an inbox tray
 
 const DEFAULT_TEMPLATE = "/candidates/{candidate}?thread={thread}&message={message}";
 const PAGE = 10;
@@ -35,7 +37,7 @@ class AgencyInbox extends HTMLElement {
       "aria-controls": id,
       "aria-label": "Inbox",
       onclick: () => this.toggle(),
-    }, inboxIcon(), el("span", { class: "am-inbox-label", text: "Inbox" }), this.badge);
+    }, icon(INBOX, { className: "am-inbox-icon" }), el("span", { class: "am-inbox-label", text: "Inbox" }), this.badge);
     this.status = el("p", { class: "am-inbox-status" });
     this.list = el("ul", { class: "am-inbox-list", "aria-label": "Latest conversations" });
     this.panel = el("div", { class: "am-inbox-panel", id, hidden: true },
@@ -224,18 +226,6 @@ export function relativeTime(iso, { prefix = "" } = {}) {
 
 export function exactTime(iso) {
   return exact.format(new Date(iso));
-}
-
-function inboxIcon() {
-  const ns = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(ns, "svg");
-  for (const [key, value] of Object.entries({ viewBox: "0 0 24 24", width: "18", height: "18", "aria-hidden": "true", class: "am-inbox-icon" })) {
-    svg.setAttribute(key, value);
-  }
-  const path = document.createElementNS(ns, "path");
-  path.setAttribute("d", "M3 13l3-8h12l3 8v6a1 1 0 0 1-1 1H4a1 1 0 0 1-1-1v-6zm0 0h5l1 3h6l1-3h5");
-  svg.append(path);
-  return svg;
 }
 
 customElements.define("agency-inbox", AgencyInbox);

@@ -18,22 +18,12 @@ import { Conversation } from "./am-conversation.js";
 import "./am-message-list.js";
 import "./am-private-menu.js";
 import "./am-seen-by.js";
-import { blueDot, client, el, listen, onOpenRequest } from "./am-shared.js";
+import { blueDot, client, el, icon, listen, onOpenRequest } from "./am-shared.js";
 import "./am-thread-tabs.js";
 
-const LOST_ACCESS = "You no longer have access to this candidate's messages.";
+const BUBBLE = "M4 4h16a2 2 0 0 1 2 2v9a2 2 0 0 1-2 2H9l-5 4v-4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2z"; // a speech bubble
 
-function bubbleIcon() {
-  const ns = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(ns, "svg");
-  for (const [key, value] of Object.entries({ viewBox: "0 0 24 24", width: "18", height: "18", "aria-hidden": "true", class: "am-bubble-icon" })) {
-    svg.setAttribute(key, value);
-  }
-  const path = document.createElementNS(ns, "path");
-  path.setAttribute("d", "M4 4h16a2 2 0 0 1 2 2v9a2 2 0 0 1-2 2H9l-5 4v-4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2z");
-  svg.append(path);
-  return svg;
-}
+const LOST_ACCESS = "You no longer have access to this candidate's messages.";
 
 class AgencyMessages extends HTMLElement {
   connectedCallback() {
@@ -83,7 +73,7 @@ class AgencyMessages extends HTMLElement {
       "aria-haspopup": "dialog",
       "aria-label": "Messages",
       onclick: () => this.open(),
-    }, bubbleIcon(), el("span", { text: "Messages" }), this.dot);
+    }, icon(BUBBLE, { className: "am-bubble-icon" }), el("span", { text: "Messages" }), this.dot);
 
     this.heading = el("h2", { id: `am-title-${this.candidateId}`, text: "Messages" });
     this.list = this.part("agency-message-list");

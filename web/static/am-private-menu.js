@@ -5,7 +5,9 @@
 // hands it its `conversation`. The menu takes the keys of the WAI-ARIA menu pattern: arrows,
 // Home and End move between its items, Escape closes it.
 
-import { displayName, el, listen } from "./am-shared.js";
+import { displayName, el, icon, listen } from "./am-shared.js";
+
+const PRIVATE = "M4 12h9v9H4zM6.5 12V9a2 2 0 0 1 4 0v3M18 4v6M15 7h6"; // a lock with a plus
 
 class AgencyPrivateMenu extends HTMLElement {
   connectedCallback() {
@@ -15,7 +17,7 @@ class AgencyPrivateMenu extends HTMLElement {
       title: "Message privately",
       hidden: true,
       onclick: () => this.start(),
-    }, privateIcon(), el("span", { class: "am-private-text", text: "Message privately" }));
+    }, icon(PRIVATE, { size: 16, className: "am-private-icon" }), el("span", { class: "am-private-text", text: "Message privately" }));
     this.menu = el("div", {
       role: "menu",
       class: "am-menu",
@@ -110,19 +112,6 @@ class AgencyPrivateMenu extends HTMLElement {
     this.conversation.startPrivate(other);
     this.dispatchEvent(new CustomEvent("am-focus-compose", { bubbles: true }));
   }
-}
-
-// A lock with a plus: the button shows it alone (its name is in its text).
-function privateIcon() {
-  const ns = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(ns, "svg");
-  for (const [key, value] of Object.entries({ viewBox: "0 0 24 24", width: "16", height: "16", "aria-hidden": "true", class: "am-private-icon" })) {
-    svg.setAttribute(key, value);
-  }
-  const path = document.createElementNS(ns, "path");
-  path.setAttribute("d", "M4 12h9v9H4zM6.5 12V9a2 2 0 0 1 4 0v3M18 4v6M15 7h6");
-  svg.append(path);
-  return svg;
 }
 
 customElements.define("agency-private-menu", AgencyPrivateMenu);

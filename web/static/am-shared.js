@@ -83,6 +83,21 @@ export function el(tag, attributes = {}, ...children) {
   return node;
 }
 
+// A decorative icon (hidden from assistive technology: its control is named in text), drawn
+// from SVG path data in a 24×24 box.
+export function icon(paths, { size = 18, className = "" } = {}) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  const box = { viewBox: "0 0 24 24", width: String(size), height: String(size), "aria-hidden": "true", class: className };
+  for (const [key, value] of Object.entries(box)) svg.setAttribute(key, value);
+  for (const d of [paths].flat()) {
+    const path = document.createElementNS(ns, "path");
+    path.setAttribute("d", d);
+    svg.append(path);
+  }
+  return svg;
+}
+
 // The blue dot of unread messages: hidden from assistive technology, unless given an
 // "aria-label", which makes it an image of that name.
 export function blueDot(attributes = {}) {

@@ -3,7 +3,9 @@
 // Home and End move between them (a roving tabindex). Part of <agency-messages>, which hands
 // it its `conversation`.
 
-import { blueDot, el, listen } from "./am-shared.js";
+import { blueDot, el, icon, listen } from "./am-shared.js";
+
+const LOCK = ["M7 11h10a2 2 0 0 1 2 2v6a2 2 0 0 1-2 2H7a2 2 0 0 1-2-2v-6a2 2 0 0 1 2-2z", "M8 11V8a4 4 0 0 1 8 0v3"]; // a padlock
 
 const KEY_MOVES = {
   ArrowRight: (index) => index + 1,
@@ -54,7 +56,7 @@ class AgencyThreadTabs extends HTMLElement {
       "data-key": thread.key,
       onclick: () => this.conversation.select(this.conversation.find(tab.dataset.key) ?? thread),
       onkeydown: (e) => this.onKey(e),
-    }, thread.kind === "private" ? lockIcon() : null, el("span", { class: "am-tab-label" }), blueDot({ hidden: true }));
+    }, thread.kind === "private" ? icon(LOCK, { size: 12, className: "am-lock" }) : null, el("span", { class: "am-tab-label" }), blueDot({ hidden: true }));
     return tab;
   }
 
@@ -90,20 +92,6 @@ function shortLabel(user, thread) {
   const other = thread.kind === "private" && user?.kind === "agency" ? thread.member : thread.agency_user;
   if (thread.kind === "agency" && user?.kind === "agency") return thread.label;
   return other?.name || thread.label;
-}
-
-function lockIcon() {
-  const ns = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(ns, "svg");
-  for (const [key, value] of Object.entries({ viewBox: "0 0 24 24", width: "12", height: "12", "aria-hidden": "true", class: "am-lock" })) {
-    svg.setAttribute(key, value);
-  }
-  const body = document.createElementNS(ns, "rect");
-  for (const [key, value] of Object.entries({ x: "5", y: "11", width: "14", height: "10", rx: "2" })) body.setAttribute(key, value);
-  const shackle = document.createElementNS(ns, "path");
-  shackle.setAttribute("d", "M8 11V8a4 4 0 0 1 8 0v3");
-  svg.append(body, shackle);
-  return svg;
 }
 
 customElements.define("agency-thread-tabs", AgencyThreadTabs);
