@@ -50,16 +50,29 @@ def link(thread: Any, message: Any, candidate: str = CANDIDATE) -> str:
     return f"/candidates/{candidate}?thread={thread}&message={message}"
 
 
-async def unlink_ann(site: Site) -> None:
+async def set_people(site: Site, *, agency_users: list[str], coordinator: str = "coord") -> None:
+    """The host ATS provisions the candidate again with these people."""
     await site.api.provision(
         f"{ORG}/candidates/{CANDIDATE}",
         {
             "name": "Jamie Rivera",
-            "coordinator": "coord",
+            "coordinator": coordinator,
             "members": ["coord", "mem", "third"],
-            "agency_users": [],
+            "agency_users": agency_users,
         },
     )
+
+
+async def unlink_ann(site: Site) -> None:
+    await set_people(site, agency_users=[])
+
+
+async def link_ben_beside_ann(site: Site) -> None:
+    await site.api.provision(
+        f"{ORG}/users/ben",
+        {"name": "Ben Bauer", "email": "ben@example.com", "kind": "agency", "agency": "ag"},
+    )
+    await set_people(site, agency_users=["ann", "ben"])
 
 
 async def new_line(page: Page) -> None:
@@ -280,19 +293,7 @@ async def test_a_thread_whose_agency_user_was_unlinked_says_so_and_takes_no_mess
 
 
 async def test_agency_users_are_shown_with_their_agency(site: Site) -> None:
-    await site.api.provision(
-        f"{ORG}/users/ben",
-        {"name": "Ben Bauer", "email": "ben@example.com", "kind": "agency", "agency": "ag"},
-    )
-    await site.api.provision(
-        f"{ORG}/candidates/{CANDIDATE}",
-        {
-            "name": "Jamie Rivera",
-            "coordinator": "coord",
-            "members": ["coord", "mem", "third"],
-            "agency_users": ["ann", "ben"],
-        },
-    )
+    await link_ben_beside_ann(site)
     agency = await site.thread_of("ann", {"private": False})
     await site.send("ann", agency["id"], "From the agency")
     coord = await site.page("coord")
@@ -466,15 +467,7 @@ async def test_unlinking_the_agency_user_shows_live_without_any_action(site: Sit
     await expect(message_item(max_, "Before the unlink")).to_be_visible()
 
     # A new coordinator shows as well.
-    await site.api.provision(
-        f"{ORG}/candidates/{CANDIDATE}",
-        {
-            "name": "Jamie Rivera",
-            "coordinator": "third",
-            "members": ["coord", "mem", "third"],
-            "agency_users": [],
-        },
-    )
+    await set_people(site, agency_users=[], coordinator="third")
     await expect(max_.locator("#coordinator")).to_have_text(name("third"), timeout=SHORT)
 
 
@@ -529,19 +522,7 @@ async def test_the_profile_tabs_answer_the_arrow_keys(site: Site) -> None:
 
 
 async def test_the_message_privately_menu_answers_the_keyboard(site: Site) -> None:
-    await site.api.provision(
-        f"{ORG}/users/ben",
-        {"name": "Ben Bauer", "email": "ben@example.com", "kind": "agency", "agency": "ag"},
-    )
-    await site.api.provision(
-        f"{ORG}/candidates/{CANDIDATE}",
-        {
-            "name": "Jamie Rivera",
-            "coordinator": "coord",
-            "members": ["coord", "mem", "third"],
-            "agency_users": ["ann", "ben"],
-        },
-    )
+    await link_ben_beside_ann(site)
     cora = await site.page("coord")
     await open_messages(cora)
     button = dialog(cora).get_by_role("button", name="Message privately")
