@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+INBOUND_PORT ?= 2525
+REPLY_DOMAIN ?= reply.localhost
 
 .PHONY: run test check lint bench soak clean
 
@@ -20,11 +22,12 @@ $(VENV)/.dev: $(VENV)/.base
 # The demo (AM_DEMO=1): its host pages, login links and secrets kept in var/demo.env. Both
 # commands get the address served, so that printed and emailed links point at it. Alerts wait
 # 15 s instead of the production default of 120 s, so that one shows up in var/mail/ soon
-# after a reply.
+# after a reply. Replies to those alerts go to the receiver on INBOUND_PORT, in the same
+# process (SMTP: `swaks --server localhost:2525 ...`).
 run: $(VENV)/.base
 	$(BIN)/agency-messaging migrate
-	AM_DEMO=1 $(BIN)/agency-messaging demo --host $(HOST) --port $(PORT)
-	AM_DEMO=1 AM_EMAIL_DELAY_SECONDS=$${AM_EMAIL_DELAY_SECONDS:-15} $(BIN)/agency-messaging serve --host $(HOST) --port $(PORT)
+	AM_DEMO=1 AM_REPLY_DOMAIN=$(REPLY_DOMAIN) $(BIN)/agency-messaging demo --host $(HOST) --port $(PORT) --inbound-port $(INBOUND_PORT)
+	AM_DEMO=1 AM_REPLY_DOMAIN=$(REPLY_DOMAIN) AM_EMAIL_DELAY_SECONDS=$${AM_EMAIL_DELAY_SECONDS:-15} $(BIN)/agency-messaging serve --host $(HOST) --port $(PORT) --inbound-port $(INBOUND_PORT)
 
 # The whole suite, in parallel workers (each starts its own PostgreSQL and Redis), with
 # line coverage of the server's packages.

@@ -84,6 +84,7 @@ async def measure(n: int, url: str | None) -> None:
         public_url="http://testserver",
         send_rate_per_minute=0,
         email_delay_seconds=3600.0,
+        reply_domain="reply.testserver",
     )
     app = create_app(settings, auto_migrate=False)
     async with LifespanManager(app):
@@ -121,10 +122,12 @@ async def measure(n: int, url: str | None) -> None:
             messages = f"/api/v1/threads/{thread}/messages"
             for i in range(WARM_UP):
                 await client.post(messages, json={"body": f"warm-up {i}"}, headers=ann)
-            kinds: dict[str, Callable[[int], Awaitable[httpx.Response]]] = {
+            reply_by_email = email_reply(app, settings, thread)
+            kinds: dict[str, Callable[[int], Awaitable[Any]]] = {
                 "send": lambda i: client.post(messages, json={"body": f"m {i}"}, headers=ann),
                 "history page": lambda i: client.get(f"{messages}?limit=50", headers=ann),
                 "candidate page": lambda i: client.get("/api/v1/candidates/c1", headers=ann),
+                "email reply": reply_by_email,
             }
             print(f"{'request':<16}{'CPU ms':>8}{'statements':>12}{'pings':>7}{'round trips':>13}")
             for name, request in kinds.items():
@@ -132,7 +135,8 @@ async def measure(n: int, url: str | None) -> None:
                 started = time.process_time()
                 for i in range(n):
                     response = await request(i)
-                    response.raise_for_status()
+                    if isinstance(response, httpx.Response):
+                        response.raise_for_status()
                 cpu_ms = (time.process_time() - started) / n * 1000
                 trips = counts["statements"] + 2 * counts["transactions"] + 3 * counts["pings"]
                 # SQLite runs in the process: no round trips to count.
@@ -142,6 +146,41 @@ async def measure(n: int, url: str | None) -> None:
                     f"{counts['pings'] / n:>7.1f}{trips_each:>13.1f}"
                 )
             await measure_resumes(app, client, counts)
+
+
+def email_reply(app: Any, settings: Settings, thread: int) -> Callable[[int], Awaitable[Any]]:
+    """One reply by email, as the receiver handles it after the SMTP dialogue: its RCPT TO
+    (the address checked, its user and thread looked up) and its DATA (parsed, stripped of
+    the quoted alert, posted, the replier's marker moved). A Gmail-shaped reply of 2 KB."""
+    from aiosmtpd.smtp import Envelope
+
+    from server import inbound
+
+    services = app.state.services
+    receiver = inbound.receiver(settings, services.db, services.messaging, services.send_limiter)
+    addresses = inbound.reply_addresses(settings)
+    assert addresses is not None
+    quoted = "".join(
+        f"> Line {k} of the alert they answer, quoted below the reply.\r\n" for k in range(30)
+    )
+
+    async def one(i: int) -> None:
+        address = addresses.address(2, thread)  # ann (pk 2), as provisioned
+        envelope = Envelope()
+        envelope.mail_from = "ann@ag.example"
+        status = await receiver.handle_RCPT(None, None, envelope, address, [])  # type: ignore[arg-type]
+        envelope.original_content = (
+            f"From: Ann <ann@ag.example>\r\nTo: {address}\r\nSubject: Re: New message\r\n"
+            f"Message-ID: <bench-{i}-{time.time_ns()}@ag.example>\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+            f"Thanks, reply number {i}.\r\n\r\n"
+            "On Tue, Dec 1, 2026 at 3:04 PM Agency Messaging <alerts@testserver> wrote:\r\n"
+            f"{quoted}"
+        ).encode()
+        status = await receiver.handle_DATA(None, None, envelope)  # type: ignore[arg-type]
+        assert status.startswith("250 2.0.0 Posted"), status
+
+    return one
 
 
 # --- the resume of one tab ----------------------------------------------------------------

@@ -17,7 +17,7 @@ SHOWN_MESSAGES = 10
 # CRLF line ends, and long headers (the unsubscribe link) kept whole rather than folded
 # into encoded words that mail clients would not parse.
 EMAIL_POLICY = policy.SMTP.clone(max_line_length=998)
-_templates = Environment(
+TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=select_autoescape(enabled_extensions=("html.j2",), default=False),
     undefined=StrictUndefined,
@@ -95,10 +95,17 @@ def subject_for(alert: Alert) -> str:
 
 
 def compose(
-    alert: Alert, *, link: str, public_url: str, sender: str, unsubscribe_link: str
+    alert: Alert,
+    *,
+    link: str,
+    public_url: str,
+    sender: str,
+    unsubscribe_link: str,
+    reply_to: str | None = None,
 ) -> EmailMessage:
     """`link` opens the thread at the first quoted message; `public_url` (this server's)
-    names the domain of the Message-ID."""
+    names the domain of the Message-ID; `reply_to`, when replies by email are on, is the
+    recipient's reply address for this thread (mailer.reply_address)."""
     domain = urlsplit(public_url).hostname or "localhost"
     zone = zone_named(alert.time_zone)
     candidate = header_text(alert.candidate_name)
@@ -124,6 +131,7 @@ def compose(
         "link": link,
         "candidate": candidate,
         "unsubscribe_link": unsubscribe_link,
+        "reply_by_email": reply_to is not None,
     }
     message = EmailMessage(policy=EMAIL_POLICY)
     message["Subject"] = subject_for(alert)
@@ -137,11 +145,11 @@ def compose(
     thread_root = f"<thread-{alert.thread_id}@{domain}>"
     message["In-Reply-To"] = thread_root
     message["References"] = thread_root
+    if reply_to is not None:
+        message["Reply-To"] = formataddr((f"Conversation about {candidate}"[:120], reply_to))
     message["List-Unsubscribe"] = f"<{unsubscribe_link}>"
     message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     message["Auto-Submitted"] = "auto-generated"
-    message.set_content(_templates.get_template("alert.txt.j2").render(context))
-    message.add_alternative(
-        _templates.get_template("alert.html.j2").render(context), subtype="html"
-    )
+    message.set_content(TEMPLATES.get_template("alert.txt.j2").render(context))
+    message.add_alternative(TEMPLATES.get_template("alert.html.j2").render(context), subtype="html")
     return message

@@ -50,6 +50,8 @@ class ThreadAccess(Protocol):
 
 # (candidate's external id, thread id, message id) → the link that opens that message.
 LinkBuilder = Callable[[str, int, int], str]
+# (recipient's user key, thread id) → their reply address for that thread.
+ReplyAddressBuilder = Callable[[int, int], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,7 @@ class AlertWorker:
         options: WorkerOptions | None = None,
         count: Callable[[str], None] = lambda outcome: None,
         derive: Callable[[], Awaitable[bool]] | None = None,
+        reply_to: ReplyAddressBuilder | None = None,
     ) -> None:
         self.db = db
         self.transport = transport
@@ -91,6 +94,8 @@ class AlertWorker:
         self.count = count
         # Queues the alerts of new messages; True when it decided a full batch (more wait).
         self.derive = derive
+        # Set when replies by email are on (AM_REPLY_DOMAIN).
+        self.reply_to = reply_to
 
     async def run_forever(self) -> None:
         while True:
@@ -138,6 +143,7 @@ class AlertWorker:
             public_url=self.public_url,
             sender=self.sender,
             unsubscribe_link=unsubscribe,
+            reply_to=self.reply_to(row.user_pk, alert.thread_id) if self.reply_to else None,
         )
         try:
             await self.transport.send(message)

@@ -72,6 +72,29 @@ async def _prune_forever(db: Database, settings: Settings) -> None:
         await asyncio.sleep(PRUNE_EVERY_SECONDS)
 
 
+async def _start_inbound(
+    stack: AsyncExitStack, services: Services, address: tuple[str, int]
+) -> None:
+    from server import inbound
+
+    count = services.metrics.email_replies.labels
+    reply_receiver = inbound.receiver(
+        services.settings,
+        services.db,
+        services.messaging,
+        services.send_limiter,
+        count=lambda outcome: count(outcome).inc(),
+    )
+    server = await inbound.listen(services.settings, reply_receiver, *address)
+    services.extras["reply_receiver"] = reply_receiver
+
+    async def close() -> None:
+        server.close()
+        await server.wait_closed()
+
+    stack.push_async_callback(close)
+
+
 def alert_worker(
     settings: Settings,
     db: Database,
@@ -97,7 +120,16 @@ def alert_worker(
         options=options,
         count=count,
         derive=derivation.full_batch,
+        reply_to=_reply_to(settings),
     )
+
+
+def _reply_to(settings: Settings) -> Callable[[int, int], str] | None:
+    """Each alert's Reply-To, when replies by email are on (AM_REPLY_DOMAIN)."""
+    from server.inbound import reply_addresses
+
+    addresses = reply_addresses(settings)
+    return None if addresses is None else addresses.address
 
 
 def create_app(
@@ -107,10 +139,12 @@ def create_app(
     limits: ConnectionLimits | None = None,
     worker_options: WorkerOptions | None = None,
     freeze_after_start: bool = False,
+    inbound: tuple[str, int] | None = None,
 ) -> Starlette:
     """The app. `freeze_after_start` is for a process that serves this one app for its
     whole life (`agency-messaging serve`); an app made and dropped again and again (tests)
-    must not freeze what it leaves behind."""
+    must not freeze what it leaves behind. `inbound` (host, port) also runs the receiver of
+    replies by email in this process (server.inbound)."""
     metrics = Metrics()
     refused = metrics.connections_refused.labels
     guard = ConnectionGuard(settings.guard_limits, on_refused=lambda why: refused(why).inc())
@@ -154,6 +188,8 @@ def create_app(
                 guard=guard,
                 extras={"readiness": {"broker": broker.ping}},
             )
+            if inbound is not None:
+                await _start_inbound(stack, app.state.services, inbound)
             jobs = [("event-pruner", _prune_forever(db, settings))]
             if settings.run_email_worker:
                 worker = alert_worker(

@@ -1,4 +1,4 @@
-"""The `agency-messaging` command: migrate, serve, demo, worker, send-test-email."""
+"""The `agency-messaging` command: migrate, serve, demo, worker, inbound, send-test-email."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ async def _check_schema(settings: Settings) -> None:
         await db.close()
 
 
-def _serve(settings: Settings, host: str, port: int) -> int:
+def _serve(settings: Settings, host: str, port: int, inbound_port: int | None = None) -> int:
     import uvicorn
 
     from server.app import create_app
@@ -104,7 +104,11 @@ def _serve(settings: Settings, host: str, port: int) -> int:
     except migrate.SchemaOutOfDate as error:
         print(f"agency-messaging: {error}", file=sys.stderr)
         return 2
-    app = create_app(settings, auto_migrate=False, freeze_after_start=True)
+    if inbound_port is not None and not settings.reply_domain:
+        print("agency-messaging: --inbound-port needs AM_REPLY_DOMAIN.", file=sys.stderr)
+        return 2
+    inbound = (host, inbound_port) if inbound_port is not None else None
+    app = create_app(settings, auto_migrate=False, freeze_after_start=True, inbound=inbound)
     config = uvicorn_config(app, host, port)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT (sockets closed with 1012, requests
     # in flight finished), then re-raises the signal to the handler that was there before.
@@ -115,7 +119,7 @@ def _serve(settings: Settings, host: str, port: int) -> int:
     return 0
 
 
-def _demo(settings: Settings) -> int:
+def _demo(settings: Settings, host: str, inbound_port: int | None) -> int:
     from server.demo import provision_demo
 
     asyncio.run(_check_schema(settings))
@@ -123,6 +127,31 @@ def _demo(settings: Settings) -> int:
     print("\nAgency Messaging demo: open a link to sign in as that user.\n")
     for name, role, link in links:
         print(f"  {name} ({role}):\n    {link}\n")
+    if inbound_port is not None and settings.reply_domain:
+        where = _local_url(host, inbound_port).removeprefix("http://")
+        print(
+            f"Replies by email: alerts are written to {settings.mail_dir}/ with a Reply-To "
+            f"@{settings.reply_domain}; send a reply over SMTP to {where}, e.g.\n"
+            f"    swaks --server {where} --from <the alert's To> --to <its Reply-To> "
+            "--body 'Thanks!'\n"
+        )
+    return 0
+
+
+def _inbound(settings: Settings, host: str, port: int, lmtp: bool) -> int:
+    from server.inbound import run_inbound
+
+    if not settings.reply_domain:
+        print("agency-messaging: inbound needs AM_REPLY_DOMAIN.", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(run_inbound(settings, host, port, lmtp=lmtp))
+    except migrate.SchemaOutOfDate as error:
+        print(f"agency-messaging: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"agency-messaging: cannot listen on {host}:{port}: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -167,9 +196,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="serve HTTP and WebSocket")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--inbound-port",
+        type=int,
+        help="also receive replies by email (SMTP) on this port, in this process",
+    )
     demo = commands.add_parser("demo", help="provision the demo org and print login links")
     demo.add_argument("--host", default="127.0.0.1", help="the host `serve` listens on")
     demo.add_argument("--port", type=int, default=8000, help="the port `serve` listens on")
+    demo.add_argument("--inbound-port", type=int, help="the port replies by email go to")
+    inbound = commands.add_parser("inbound", help="receive replies to alerts (SMTP or LMTP)")
+    inbound.add_argument("--host", default="127.0.0.1")
+    inbound.add_argument("--port", type=int, default=2525)
+    inbound.add_argument("--lmtp", action="store_true", help="speak LMTP instead of SMTP")
     commands.add_parser("worker", help="send email alerts (without serving)")
     test_email = commands.add_parser("send-test-email", help="check the email configuration")
     test_email.add_argument("address")
@@ -183,12 +222,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_migrate(url))
         return 0
     try:
-        settings = _settings(args.command, getattr(args, "host", None), getattr(args, "port", None))
+        # Links go to the address served: `serve`'s and `demo`'s, not the receiver's port.
+        served = args.command in ("serve", "demo")
+        settings = _settings(
+            args.command,
+            args.host if served else None,
+            args.port if served else None,
+        )
     except ConfigError as error:
         print(f"agency-messaging: {error}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        return _serve(settings, args.host, args.port)
+        return _serve(settings, args.host, args.port, args.inbound_port)
+    if args.command == "inbound":
+        return _inbound(settings, args.host, args.port, args.lmtp)
     if args.command == "worker":
         asyncio.run(_worker(settings))
         return 0
@@ -201,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"agency-messaging: {error}", file=sys.stderr)
             return 1
         return 0
-    return _demo(settings)
+    return _demo(settings, args.host, args.inbound_port)
 
 
 if __name__ == "__main__":

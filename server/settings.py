@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -123,6 +124,20 @@ def _link_template(raw: str) -> str:
     return raw
 
 
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
+
+
+def _reply_domain(raw: str) -> str:
+    """`AM_REPLY_DOMAIN`, checked: a domain name such as reply.messaging.acme.example."""
+    domain = raw.strip().lower().rstrip(".")
+    if domain and not _DOMAIN.fullmatch(domain):
+        raise ConfigError(
+            f"AM_REPLY_DOMAIN must be a domain name like reply.messaging.example, not {raw!r}."
+        )
+    return domain
+
+
 def env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
     if not raw:
@@ -159,6 +174,14 @@ class Settings:
     link_template: str = ""
     # Serve the demo host pages and login links (`make run`).
     demo: bool = False
+    # Replies by email (`agency-messaging inbound`); "" leaves alerts without a Reply-To.
+    reply_domain: str = ""
+    reply_ttl_days: int = 30
+    # The authserv-id of our own mail server's Authentication-Results headers; with
+    # reply_require_auth, a reply they do not vouch for (SPF/DKIM/DMARC pass) is refused.
+    reply_authserv_id: str = ""
+    reply_require_auth: bool = False
+    reply_max_bytes: int = 25 * 1024 * 1024
     var_dir: Path = Path("var")
     web_dir: Path = Path(__file__).resolve().parent.parent / "web"
 
@@ -216,6 +239,14 @@ class Settings:
         if handshake_timeout == 0:
             raise ConfigError("AM_HANDSHAKE_TIMEOUT_SECONDS must be more than 0.")
         public_url = (env.get("AM_PUBLIC_URL", "") or _default("public_url")).rstrip("/")
+        reply_authserv_id = env.get("AM_REPLY_AUTHSERV_ID", "").strip()
+        reply_require_auth = env_flag(env, "AM_REPLY_REQUIRE_AUTH", False)
+        if reply_require_auth and not reply_authserv_id:
+            raise ConfigError(
+                "AM_REPLY_REQUIRE_AUTH needs AM_REPLY_AUTHSERV_ID: the name your mail server "
+                "writes first in its Authentication-Results headers (headers by anyone else "
+                "are not trusted)."
+            )
         return cls(
             secret=secret,
             service_token=service_token,
@@ -244,6 +275,13 @@ class Settings:
             not in ("0", "false", "no"),
             link_template=_link_template(env.get("AM_LINK_TEMPLATE", "")),
             demo=env_flag(env, "AM_DEMO", False),
+            reply_domain=_reply_domain(env.get("AM_REPLY_DOMAIN", "")),
+            reply_ttl_days=_int(env, "AM_REPLY_TTL_DAYS", _default("reply_ttl_days"), minimum=1),
+            reply_authserv_id=reply_authserv_id,
+            reply_require_auth=reply_require_auth,
+            reply_max_bytes=_int(
+                env, "AM_REPLY_MAX_BYTES", _default("reply_max_bytes"), minimum=64 * 1024
+            ),
             var_dir=var_dir,
             handshake_timeout_seconds=handshake_timeout,
             max_pending_handshakes=_int(

@@ -23,9 +23,9 @@ import pytest
 
 from harness.services import PostgresServer, RedisServer
 from server.domain.auth import make_user_token
-from tests.support.cluster import Client, Cluster, Lost, request_or_lost
+from tests.support.cluster import Client, Cluster, Lost, node_env, request_or_lost
 from tests.support.delivery import history, readyz
-from tests.support.world import SECRET, SERVICE_TOKEN, Api, migrate_database
+from tests.support.world import SECRET, Api, migrate_database
 
 # Its tests share module-scoped fixtures: one worker runs them all.
 pytestmark = pytest.mark.xdist_group("cluster")
@@ -54,14 +54,7 @@ def cluster(
     asyncio.run(migrate_database(url))
     redis = RedisServer.start()
     workdir = tmp_path_factory.mktemp("cluster")
-    env = {
-        "AM_DATABASE_URL": url,
-        "AM_BROKER_URL": redis.url,
-        "AM_SECRET": SECRET,
-        "AM_SERVICE_TOKEN": SERVICE_TOKEN,
-        "AM_SEND_RATE_PER_MINUTE": "0",
-        "AM_LOG_LEVEL": "INFO",
-    }
+    env = node_env(url, redis)
     cluster = Cluster(env, workdir, redis)
     try:
         cluster.start_node("a")

@@ -27,8 +27,9 @@ from sqlalchemy import func, select
 from harness.services import VENV_BIN, PostgresServer, RedisServer, ServerProcess
 from storage.database import Database
 from storage.models import EmailOutbox, Event
+from tests.support.cluster import node_env
 from tests.support.smtp import Received, SmtpServer
-from tests.support.world import SECRET, SERVICE_TOKEN, Api, migrate_database
+from tests.support.world import Api, migrate_database
 
 # Its tests share module-scoped fixtures: one worker runs them all.
 pytestmark = pytest.mark.xdist_group("email_cluster")
@@ -137,17 +138,13 @@ def make_cluster(
         url = postgres.url(name)
         await migrate_database(url)
         redis = await asyncio.to_thread(RedisServer.start)
-        env = {
-            "AM_DATABASE_URL": url,
-            "AM_BROKER_URL": redis.url,
-            "AM_SECRET": SECRET,
-            "AM_SERVICE_TOKEN": SERVICE_TOKEN,
-            "AM_SEND_RATE_PER_MINUTE": "0",
-            "AM_SMTP_URL": smtp.url,
-            "AM_EMAIL_DELAY_SECONDS": "1",
-            "AM_EMAIL_WORKER": "1" if serve_worker else "0",
-            "AM_LOG_LEVEL": "INFO",
-        }
+        env = node_env(
+            url,
+            redis,
+            AM_SMTP_URL=smtp.url,
+            AM_EMAIL_DELAY_SECONDS="1",
+            AM_EMAIL_WORKER="1" if serve_worker else "0",
+        )
         workdir = tmp_path / f"cluster-{len(made)}"
         workdir.mkdir()
         cluster = Cluster(env, workdir, url, redis)

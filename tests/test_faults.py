@@ -36,7 +36,7 @@ from mailer import outbox
 from server.domain.auth import make_user_token
 from storage.database import Database
 from storage.models import EmailOutbox, User, utcnow
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, node_env
 from tests.support.delivery import (
     ORG,
     Follower,
@@ -118,14 +118,7 @@ def cluster(pg: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Ite
     url = pg.url("am_faults")
     asyncio.run(migrate_database(url))
     redis = RedisServer.start()
-    env = {
-        "AM_DATABASE_URL": url,
-        "AM_BROKER_URL": redis.url,
-        "AM_SECRET": SECRET,
-        "AM_SERVICE_TOKEN": SERVICE_TOKEN,
-        "AM_SEND_RATE_PER_MINUTE": "0",
-        "AM_LOG_LEVEL": "INFO",
-    }
+    env = node_env(url, redis)
     cluster = Cluster(env, tmp_path_factory.mktemp("faults"), redis)
     try:
         cluster.start_node("a")

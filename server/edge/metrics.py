@@ -71,6 +71,12 @@ class Metrics:
             registry=r,
         )
         self.emails = Counter("am_emails", "Email alerts, by outcome.", ["outcome"], registry=r)
+        self.email_replies = Counter(
+            "am_email_replies",
+            "Replies by email received in this process, by outcome (posted, answered, ...).",
+            ["outcome"],
+            registry=r,
+        )
         self.gc_frozen = Gauge(
             "am_gc_frozen_objects",
             "Objects kept out of Python's garbage collector after start-up (gc.freeze).",

@@ -19,6 +19,21 @@ import websockets
 
 from harness.services import RedisServer, ServerProcess
 from tests.support.realtime import WsClient
+from tests.support.world import SECRET, SERVICE_TOKEN
+
+
+def node_env(database_url: str, redis: RedisServer, **extra: str) -> dict[str, str]:
+    """The environment every process of a test cluster shares: one PostgreSQL database, one
+    private Redis, the tests' secrets, no send rate limit; `extra` adds or overrides."""
+    return {
+        "AM_DATABASE_URL": database_url,
+        "AM_BROKER_URL": redis.url,
+        "AM_SECRET": SECRET,
+        "AM_SERVICE_TOKEN": SERVICE_TOKEN,
+        "AM_SEND_RATE_PER_MINUTE": "0",
+        "AM_LOG_LEVEL": "INFO",
+        **extra,
+    }
 
 
 @dataclass

@@ -16,6 +16,7 @@ answer, until the server stops), so that the product's timeouts fire.
 from __future__ import annotations
 
 import asyncio
+import smtplib
 import threading
 import time
 from collections import deque
@@ -224,3 +225,22 @@ class SmtpServer:
         if int(action) >= 500:
             return f"{action} 5.7.1 Refused on purpose"
         return f"{action} 4.3.0 Deferred on purpose; try again later"
+
+
+def send_reply(
+    port: int, *, sender: str, to: str, body: str, host: str = "127.0.0.1"
+) -> tuple[int, bytes]:
+    """A person's reply to an alert, over one SMTP session as `swaks --server HOST:PORT
+    --from SENDER --to TO --body BODY` sends it; the answer to its DATA."""
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = to
+    message["Subject"] = "Re: New message"
+    message["Message-ID"] = f"<reply-{time.time_ns()}@{sender.rsplit('@', 1)[-1]}>"
+    message.set_content(body)
+    with smtplib.SMTP(host, port, timeout=30) as client:
+        client.ehlo("mx.sender.example")
+        client.mail(sender)
+        code, text = client.rcpt(to)
+        assert code == 250, (code, text)
+        return client.data(message.as_bytes(policy=policy.SMTP))
