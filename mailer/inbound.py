@@ -52,7 +52,8 @@ from mailer.transport import PermanentError, TransientError, Transport
 log = logging.getLogger("agency_messaging.inbound")
 
 MAX_CLIENT_ID_CHARS = 128
-MAX_RECIPIENTS = 20
+# Messages parsed at once: each holds a few copies of a message of up to max_message_bytes.
+PARSING_AT_ONCE = 2
 _LOOKUP_FAILED = "451 4.3.0 The reply address cannot be checked now; try again later."
 
 
@@ -68,8 +69,8 @@ class Recipient:
     candidate_name: str
     link: str  # opens the thread
     # The host's ids of the user and their org: whom to post as.
-    org_id: str = ""
-    user_id: str = ""
+    org_id: str
+    user_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,8 @@ class _AnswerBudget:
     sent: dict[int, deque[float]] = field(default_factory=dict)
 
     def take(self, user_pk: int, now: float) -> bool:
+        if len(self.sent) > 10_000:
+            self._forget_before(now - 3600)
         stamps = self.sent.setdefault(user_pk, deque())
         while stamps and now - stamps[0] > 3600:
             stamps.popleft()
@@ -129,6 +132,10 @@ class _AnswerBudget:
             return False
         stamps.append(now)
         return True
+
+    def _forget_before(self, moment: float) -> None:
+        for user_pk in [k for k, stamps in self.sent.items() if stamps[-1] < moment]:
+            del self.sent[user_pk]
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +200,7 @@ class ReplyReceiver:
         self.limits = limits or InboundLimits()
         self.count = count
         self._answers = _AnswerBudget(self.limits.max_answers_per_hour)
+        self._parsing = asyncio.Semaphore(PARSING_AT_ONCE)
 
     # --- RCPT TO ------------------------------------------------------------------------
 
@@ -205,8 +213,11 @@ class ReplyReceiver:
         rcpt_options: list[str],
     ) -> str:
         recipients: list[Recipient] = envelope.__dict__.setdefault("recipients", [])
-        if len(recipients) >= MAX_RECIPIENTS:
-            return "452 4.5.3 Too many recipients in one message."
+        if recipients:
+            # One recipient a transaction: its one answer, after DATA, is then that
+            # recipient's, in SMTP as in LMTP. The sending server tries the others again
+            # at once, in transactions of their own (RFC 5321, 4.5.3.1.10).
+            return "452 4.5.3 One reply address a message; the others will be tried again."
         try:
             token = self.addresses.read(address)
         except ExpiredAddress as error:
@@ -241,20 +252,21 @@ class ReplyReceiver:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = bytes(envelope.original_content or b"")
-        recipients: list[Recipient] = envelope.__dict__.get("recipients", [])
-        # Parsing a large message is CPU work: off the loop, which may also serve sockets.
-        read = await asyncio.to_thread(_read, raw, self.max_chars)
-        mail_from = str(envelope.mail_from or "")
-        statuses = []
-        for recipient in recipients:
-            try:
-                statuses.append(await self._deliver(read, mail_from, recipient))
-            except Exception:
-                log.exception("A reply could not be handled; the sender will retry.")
-                statuses.append("451 4.3.0 The reply could not be handled now; try again later.")
-        if self.lmtp:
-            return "\r\n".join(statuses)  # LMTP: one answer per recipient (RFC 2033)
-        return _one_status(statuses)
+        (recipient,) = envelope.__dict__["recipients"]
+        try:
+            # Parsing a large message is CPU work: off the loop, which may also serve
+            # sockets, and a couple at a time, each holding copies of the message.
+            async with self._parsing:
+                read = await asyncio.to_thread(_read, raw, self.max_chars)
+        except Exception:
+            log.warning("An email to a reply address could not be parsed.")
+            self.count("unreadable")
+            return "554 5.6.0 This email could not be read."
+        try:
+            return await self._deliver(read, str(envelope.mail_from or ""), recipient)
+        except Exception:
+            log.exception("A reply could not be handled; the sender will retry.")
+            return "451 4.3.0 The reply could not be handled now; try again later."
 
     async def _deliver(self, read: _Read, mail_from: str, recipient: Recipient) -> str:
         message = read.message
@@ -277,7 +289,9 @@ class ReplyReceiver:
                 return "550 5.7.1 The sender of this reply could not be verified (SPF/DKIM)."
         if read.text is None:
             assert read.problem is not None
-            return await self._answer(recipient, message, str(read.problem), quoted="")
+            return await self._answer(
+                recipient, message, str(read.problem), quoted=read.problem.text
+            )
         client_id = client_id_of(message, read.text)
         outcome = await self.desk.post(recipient, read.text, client_id)
         if isinstance(outcome, Posted):
@@ -298,7 +312,7 @@ class ReplyReceiver:
     ) -> str:
         """Tells the person why their reply was not posted; the SMTP status to give."""
         if not self._answers.take(recipient.user_pk, time.monotonic()):
-            self.count("refused")
+            self.count("capped")
             return f"550 5.7.1 Not posted: {reason}"
         answer = compose_answer(
             recipient_name=recipient.name,
@@ -323,16 +337,6 @@ class ReplyReceiver:
         self.count("answered")
         log.info("A reply was not posted; its sender was told why.")
         return "250 2.0.0 Not posted; the sender was told why by email."
-
-
-def _one_status(statuses: list[str]) -> str:
-    """SMTP has one answer for all recipients: retry when any may be retried (posting is
-    idempotent by client id), refuse when all were refused, accept otherwise."""
-    if any(s.startswith("4") for s in statuses):
-        return next(s for s in statuses if s.startswith("4"))
-    if statuses and all(s.startswith("5") for s in statuses):
-        return statuses[0]
-    return next((s for s in statuses if s.startswith("250")), "250 2.0.0 OK")
 
 
 # --- the listener -----------------------------------------------------------------------

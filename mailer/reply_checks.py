@@ -16,7 +16,6 @@ from email.utils import getaddresses
 _AUTOMATIC_HEADERS = (
     "x-autoreply",
     "x-autorespond",
-    "x-auto-response-suppress-reply",
     "list-id",
     "list-unsubscribe",
     "x-loop",
@@ -89,31 +88,37 @@ def _aligned(domain: str, author_domain: str) -> bool:
 
 
 def authentication_verdict(message: EmailMessage, authserv_id: str, author: str) -> str:
-    """PASS when a header added by our own mail server (`authserv_id`) reports DMARC, or
-    DKIM or SPF aligned with the author's domain, as pass; FAIL when it reports a failure
-    and nothing aligned passed; NONE when it says nothing. Headers with another authserv-id
-    are ignored: anyone can write one (RFC 8601, section 5)."""
+    """What our own mail server (`authserv_id`) says of the author's domain: PASS when it
+    reports DMARC, or DKIM or SPF aligned with that domain, as pass; FAIL when it reports one
+    of those as failed and none as passed; NONE when it says nothing of them. Only its
+    topmost header is read: it adds its own on top, and one with its id further down came
+    from outside (RFC 8601, section 5); headers of other ids are anyone's."""
     author_domain = _domain(author)
+    ours = [
+        text
+        for text in (
+            _COMMENT.sub("", str(h)) for h in message.get_all("authentication-results") or []
+        )
+        if text.partition(";")[0].strip().lower().split()[:1] == [authserv_id.lower()]
+    ]
+    if not ours:
+        return NONE
     passed = failed = False
-    for header in message.get_all("authentication-results") or []:
-        text = _COMMENT.sub("", str(header))
-        server_id, _, results = text.partition(";")
-        if server_id.strip().lower().split()[:1] != [authserv_id.lower()]:
-            continue
-        for method, result, rest in _RESULT.findall(results):
-            method, result = method.lower(), result.lower()
-            props: dict[str, str] = {k.lower(): v for k, v in _PROPERTY.findall(rest)}
-            if method == "dmarc":
-                aligned = True
-            elif method == "dkim":
-                signer = props.get("header.d") or props.get("header.i") or ""
-                aligned = _aligned(_domain(signer), author_domain)
-            else:
-                aligned = _aligned(_domain(props.get("smtp.mailfrom") or ""), author_domain)
-            if result == PASS and aligned:
-                passed = True
-            elif result in (FAIL, "permerror"):
-                failed = True
+    for method, result, rest in _RESULT.findall(ours[0].partition(";")[2]):
+        method, result = method.lower(), result.lower()
+        props: dict[str, str] = {k.lower(): v for k, v in _PROPERTY.findall(rest)}
+        if method == "dmarc":
+            signer = props.get("header.from") or author_domain
+        elif method == "dkim":
+            signer = props.get("header.d") or props.get("header.i") or ""
+        else:
+            signer = props.get("smtp.mailfrom") or ""
+        if not _aligned(_domain(signer), author_domain):
+            continue  # a verdict about another domain says nothing of this author
+        if result == PASS:
+            passed = True
+        elif result in (FAIL, "permerror"):
+            failed = True
     if passed:
         return PASS
     return FAIL if failed else NONE

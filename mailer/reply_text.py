@@ -33,13 +33,15 @@ _PLACEHOLDER = re.compile(r"\x00(\d+)\x00")
 
 class ReplyTextError(ValueError):
     """A reply whose text cannot be posted; `code` says why, the message is a sentence a
-    person reads."""
+    person reads, and `text` is what was read of the reply (for "too_long": so that the
+    answer can give it back)."""
 
     code: str  # one of: "no_text", "unreadable_charset", "empty", "too_long"
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, text: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.text = text
 
 
 def reply_text(message: EmailMessage, *, max_chars: int) -> str:
@@ -65,7 +67,9 @@ def reply_text(message: EmailMessage, *, max_chars: int) -> str:
         # Past the parsed part the text was not read: its length is a lower bound then.
         length = f"{'at least ' if len(text) > MAX_PARSED_CHARS else ''}{len(reply):,}"
         raise ReplyTextError(
-            "too_long", f"The reply is {length} characters long; the limit is {max_chars:,}."
+            "too_long",
+            f"The reply is {length} characters long; the limit is {max_chars:,}.",
+            text=reply,
         )
     return reply
 
@@ -93,20 +97,22 @@ def _unflowed(text: str, *, delsp: bool) -> str:
     ending in a space goes on with the next, as the sender typed it. Quoted lines are left
     as they are: they are dropped, or read by the library as a quote header."""
     lines: list[str] = []
-    flowing = False
+    pieces: list[str] = []  # of the line being joined: joined once, not copied per piece
     for line in text.split("\n"):
         if line.startswith(">"):
+            if pieces:
+                lines.append("".join(pieces))
+                pieces = []
             lines.append(line)
-            flowing = False
             continue
         line = line.removeprefix(" ")  # space-stuffed
-        if flowing:
-            lines[-1] += line
-        else:
-            lines.append(line)
         flowing = line.endswith(" ") and line != "-- "  # "-- " starts a signature
-        if flowing and delsp:
-            lines[-1] = lines[-1][:-1]
+        pieces.append(line[:-1] if flowing and delsp else line)
+        if not flowing:
+            lines.append("".join(pieces))
+            pieces = []
+    if pieces:
+        lines.append("".join(pieces))
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -90,7 +91,9 @@ async def _start_inbound(
 
     async def close() -> None:
         server.close()
-        await server.wait_closed()
+        # Sessions mid-message get a moment; the listener is closed either way.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), 5)
 
     stack.push_async_callback(close)
 

@@ -93,7 +93,9 @@ async def _check_schema(settings: Settings) -> None:
         await db.close()
 
 
-def _serve(settings: Settings, host: str, port: int, inbound_port: int | None = None) -> int:
+def _serve(
+    settings: Settings, host: str, port: int, inbound: tuple[str, int | None] = ("", None)
+) -> int:
     import uvicorn
 
     from server.app import create_app
@@ -104,11 +106,16 @@ def _serve(settings: Settings, host: str, port: int, inbound_port: int | None = 
     except migrate.SchemaOutOfDate as error:
         print(f"agency-messaging: {error}", file=sys.stderr)
         return 2
+    inbound_host, inbound_port = inbound
     if inbound_port is not None and not settings.reply_domain:
         print("agency-messaging: --inbound-port needs AM_REPLY_DOMAIN.", file=sys.stderr)
         return 2
-    inbound = (host, inbound_port) if inbound_port is not None else None
-    app = create_app(settings, auto_migrate=False, freeze_after_start=True, inbound=inbound)
+    app = create_app(
+        settings,
+        auto_migrate=False,
+        freeze_after_start=True,
+        inbound=(inbound_host, inbound_port) if inbound_port is not None else None,
+    )
     config = uvicorn_config(app, host, port)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT (sockets closed with 1012, requests
     # in flight finished), then re-raises the signal to the handler that was there before.
@@ -201,6 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         help="also receive replies by email (SMTP) on this port, in this process",
     )
+    serve.add_argument(
+        "--inbound-host",
+        default="127.0.0.1",
+        help="the address the receiver of --inbound-port listens on (only your mail server "
+        "should reach it)",
+    )
     demo = commands.add_parser("demo", help="provision the demo org and print login links")
     demo.add_argument("--host", default="127.0.0.1", help="the host `serve` listens on")
     demo.add_argument("--port", type=int, default=8000, help="the port `serve` listens on")
@@ -233,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"agency-messaging: {error}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        return _serve(settings, args.host, args.port, args.inbound_port)
+        return _serve(settings, args.host, args.port, (args.inbound_host, args.inbound_port))
     if args.command == "inbound":
         return _inbound(settings, args.host, args.port, args.lmtp)
     if args.command == "worker":

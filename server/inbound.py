@@ -28,7 +28,7 @@ from server.settings import ConfigError, Settings
 from storage import migrate
 from storage.database import Database
 
-log = logging.getLogger("agency_messaging.inbound")
+log = logging.getLogger("agency_messaging.inbound.process")
 
 
 def reply_addresses(settings: Settings) -> ReplyAddresses | None:
@@ -51,6 +51,12 @@ def receiver(
     addresses = reply_addresses(settings)
     if addresses is None:
         raise ConfigError("AM_REPLY_DOMAIN must be set to receive replies by email.")
+    if not settings.reply_authserv_id and not settings.demo:
+        log.warning(
+            "Replies by email are checked by their From address only, which a sender can "
+            "forge: set AM_REPLY_AUTHSERV_ID so that your mail server's SPF/DKIM/DMARC "
+            "verdicts are checked too."
+        )
     return ReplyReceiver(
         addresses,
         EmailReplies(db, messaging, limiter, settings.link),

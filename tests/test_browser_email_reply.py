@@ -104,6 +104,9 @@ async def test_a_reply_sent_over_smtp_to_the_demo_appears_live_in_the_browser(
         await page.wait_for_url(re.compile(r"/candidates/c1$"))
         await ready(page)
         await open_messages(page)
+        # The conversation the demo seeds has loaded: the compose box now sends into it.
+        seeded = "Perfect, I'll let him know. He asked about remote days."
+        await expect(message_item(page, seeded)).to_be_visible()
         await write(page, "Could Carl do Tuesday at 3pm?")
         await expect(message_item(page, "Could Carl do Tuesday at 3pm?")).to_be_visible()
 

@@ -482,8 +482,11 @@ async def test_required_authentication_trusts_only_our_own_mail_server(launch: L
 # --- LMTP ---------------------------------------------------------------------------------
 
 
-async def lmtp_session(port: int, mail_from: str, rcpts: list[str], raw: bytes) -> list[str]:
-    """A raw LMTP session; the replies after DATA, one per accepted recipient."""
+async def lmtp_session(
+    port: int, mail_from: str, rcpts: list[str], raw: bytes
+) -> tuple[list[str], list[str]]:
+    """A raw LMTP session: the answers to each RCPT, and those after DATA, one per accepted
+    recipient."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
 
     async def reply_line() -> str:
@@ -503,19 +506,20 @@ async def lmtp_session(port: int, mail_from: str, rcpts: list[str], raw: bytes) 
         assert (await reply_line()).startswith("220")
         assert (await command("LHLO mx.acme.example")).startswith("250")
         assert (await command(f"MAIL FROM:<{mail_from}>")).startswith("250")
-        accepted = [r for r in rcpts if (await command(f"RCPT TO:<{r}>")).startswith("250")]
+        rcpt_answers = [await command(f"RCPT TO:<{r}>") for r in rcpts]
+        accepted = [a for a in rcpt_answers if a.startswith("250")]
         assert (await command("DATA")).startswith("354")
         body = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         writer.write(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
         await writer.drain()
         answers = [await reply_line() for _ in accepted]
         await command("QUIT")
-        return answers
+        return rcpt_answers, answers
     finally:
         writer.close()
 
 
-async def test_lmtp_answers_each_recipient_on_its_own(env: Env) -> None:
+async def test_lmtp_takes_one_reply_address_a_message_and_answers_for_it(env: Env) -> None:
     from server import inbound
 
     services = env.services
@@ -529,11 +533,15 @@ async def test_lmtp_answers_each_recipient_on_its_own(env: Env) -> None:
         for_ann = await env.address("ann", thread)
         for_coord = await env.address("coord", thread)
         raw = reply("Posted for Ann only.", to=for_ann, message_id="<lmtp@x>")
-        answers = await lmtp_session(port, ANN, [for_ann, for_coord], raw)
+        rcpt, answers = await lmtp_session(port, ANN, [for_ann, for_coord], raw)
+        # The second address waits for a transaction of its own, as the MTA retries it.
+        assert [a[:3] for a in rcpt] == ["250", "452"], rcpt
+        assert [a[:3] for a in answers] == ["250"], answers
+        rcpt, answers = await lmtp_session(port, ANN, [for_coord], raw)
     finally:
         server.close()
         await server.wait_closed()
-    assert [a[:3] for a in answers] == ["250", "550"], answers
+    assert [a[:3] for a in answers] == ["550"], answers  # Ann's email, Coord's address
     assert await env.bodies(thread) == ["Posted for Ann only."]
 
 
@@ -595,7 +603,9 @@ async def test_the_desk_refuses_what_the_socket_path_would(env: Env) -> None:
     recipient = await desk.recipient(token)
     assert recipient is not None and recipient.email == ANN
     assert recipient.link == f"http://testserver/candidates/c1?thread={thread}&message=0"
-    gone = Recipient(10**9, "Nobody", "no@x.example", thread, "c1", "C1", recipient.link)
+    gone = Recipient(
+        10**9, "Nobody", "no@x.example", thread, "c1", "C1", recipient.link, ORG, "nobody"
+    )
     assert await desk.post(gone, "Hello", "<gone@x>") == Refused(
         "You no longer have access to this conversation (or it was removed), so your reply "
         "could not be added to it."
@@ -648,13 +658,37 @@ async def test_at_most_so_many_answers_an_hour_go_to_one_person(env: Env) -> Non
     assert len(env.smtp.to(ANN)) == 2
 
 
-async def test_too_many_recipients_in_one_message_are_turned_away(env: Env) -> None:
+async def test_one_email_to_two_threads_posts_in_each_once(env: Env) -> None:
+    """Replying to two alerts at once: each address gets its own transaction (452 for the
+    second in the first), and each thread its message, however often it is delivered."""
+    first = await env.agency_thread("c1")
+    second = await env.agency_thread("c2")
+    to_first, to_second = await env.address("ann", first), await env.address("ann", second)
+    raw = reply("One answer for both.", to=to_first, message_id="<both@ag.example>")
+    session = await env.send_mail(raw, [to_first, to_second])
+    assert [code for code, _ in session.rcpt] == [250, 452]
+    assert session.data_code == 250
+    for _ in range(2):  # the retry of the deferred address, then a redelivery of both
+        assert (await env.send_mail(raw, to_second)).data_code == 250
+        assert (await env.send_mail(raw, to_first)).data_code == 250
+    assert await env.bodies(first) == ["One answer for both."]
+    assert await env.bodies(second) == ["One answer for both."]
+    (on_second,) = await env.history(second)
+    assert on_second["client_id"].startswith(f"email:{second}:")
+
+
+async def test_a_reply_too_long_to_post_is_given_back_whole(env: Env) -> None:
     thread = await env.agency_thread()
     address = await env.address("ann", thread)
-    session = await env.send_mail(reply("To many.", to=address), [address] * 21)
-    assert [code for code, _ in session.rcpt] == [250] * 20 + [452]
-    assert session.data_code == 250
-    assert await env.bodies(thread) == ["To many."]  # twenty deliveries, posted once
+    long_text = "\n".join(f"Line {i} of a very long answer." for i in range(300))
+    session = await env.send_mail(reply(long_text, to=address, message_id="<long@x>"), address)
+    assert session.data_code == 250, session
+    await env.smtp.wait_for(1, to=ANN)
+    (answer,) = env.smtp.to(ANN)
+    text = answer.text()
+    assert "the limit is 5,000" in text
+    assert "> Line 0 of a very long answer." in text and "> Line 299 of a very long answer." in text
+    assert await env.bodies(thread) == []
 
 
 class BrokenDesk:
@@ -668,7 +702,9 @@ class BrokenDesk:
 
         if self.fail_lookup:
             raise OSError("database away")
-        return Recipient(token.user_pk, "Ann", ANN, token.thread_id, "c1", "C1", "http://x/")
+        return Recipient(
+            token.user_pk, "Ann", ANN, token.thread_id, "c1", "C1", "http://x/", ORG, "ann"
+        )
 
     async def post(self, recipient: Any, body: str, client_id: str) -> Any:
         raise OSError("database away")

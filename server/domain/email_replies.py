@@ -6,6 +6,7 @@ The receiver (mailer.inbound) asks through its `ReplyDesk` interface, which this
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 from pydantic import TypeAdapter, ValidationError
@@ -31,6 +32,11 @@ NO_LONGER_VISIBLE = (
     "You no longer have access to this conversation (or it was removed), so your reply "
     "could not be added to it."
 )
+
+
+def thread_client_id(client_id: str, recipient: Recipient) -> str:
+    seed = f"{client_id}\n{recipient.thread_id}".encode()
+    return f"email:{recipient.thread_id}:{hashlib.sha256(seed).hexdigest()[:40]}"
 
 
 class EmailReplies:
@@ -96,6 +102,13 @@ class EmailReplies:
         try:
             self.limiter.take(who.key)
             message, created = await self.messaging.send(who, recipient.thread_id, text, client_id)
+            if message["thread"] != recipient.thread_id:
+                # The same email answered another of this person's threads too (a client
+                # id is one per author): here it posts under an id of its own for this
+                # thread, as stable across redeliveries as the first.
+                message, created = await self.messaging.send(
+                    who, recipient.thread_id, text, thread_client_id(client_id, recipient)
+                )
         except (RateLimited, Unavailable) as error:
             return Refused(error.message, temporary=True)
         except NotFound:

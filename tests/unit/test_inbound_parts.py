@@ -1,12 +1,12 @@
 """Small parts of the reply receiver (mailer/inbound.py): the client id an email posts
-under, the one SMTP answer for many recipients, and the hourly budget of answers."""
+under, and the hourly budget of answers."""
 
 from __future__ import annotations
 
 from email import message_from_string, policy
 from email.message import EmailMessage
 
-from mailer.inbound import MAX_CLIENT_ID_CHARS, _AnswerBudget, _one_status, client_id_of
+from mailer.inbound import MAX_CLIENT_ID_CHARS, _AnswerBudget, client_id_of
 
 
 def parsed(headers: str) -> EmailMessage:
@@ -30,14 +30,6 @@ def test_a_missing_or_oversized_message_id_becomes_a_stable_digest() -> None:
     assert digest == client_id_of(parsed(f"Message-ID: {long_id}"), "different text")
 
 
-def test_one_smtp_answer_for_many_recipients() -> None:
-    ok, told, later, no = "250 2.0.0 Posted", "250 2.0.0 told", "451 4.7.1 wait", "550 5.7.1 no"
-    assert _one_status([ok, later, no]) == later  # retried whole: posting is idempotent
-    assert _one_status([no, no]) == no
-    assert _one_status([no, told]) == told
-    assert _one_status([]) == "250 2.0.0 OK"
-
-
 def test_the_answer_budget_refills_after_an_hour() -> None:
     budget = _AnswerBudget(per_hour=2)
     assert budget.take(1, 0.0) and budget.take(1, 10.0)
@@ -45,3 +37,12 @@ def test_the_answer_budget_refills_after_an_hour() -> None:
     assert budget.take(2, 20.0)  # another person has their own
     assert budget.take(1, 3601.0)  # the first answer is an hour old
     assert not budget.take(1, 3602.0)
+
+
+def test_the_answer_budget_forgets_people_it_has_not_answered_for_an_hour() -> None:
+    budget = _AnswerBudget(per_hour=1)
+    for user in range(10_001):
+        budget.take(user, 0.0)
+    assert len(budget.sent) == 10_001
+    assert budget.take(20_000, 3601.0)
+    assert list(budget.sent) == [20_000]

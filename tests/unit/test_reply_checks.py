@@ -106,3 +106,24 @@ def test_a_pass_for_another_domain_or_from_another_server_counts_for_nothing() -
     # Anyone can write an Authentication-Results header: only ours is read.
     assert verdict("mx.evil.example; dkim=pass header.d=ag.example") == NONE
     assert verdict("mx.acme.example.evil; dmarc=pass") == NONE
+
+
+def test_only_our_servers_topmost_header_counts() -> None:
+    # A header with our id below our own came from outside: its pass counts for nothing.
+    assert (
+        verdict(
+            "mx.acme.example; dkim=fail header.d=ag.example",
+            "mx.acme.example; dkim=pass header.d=ag.example",
+        )
+        == FAIL
+    )
+    assert (
+        verdict("mx.other.example; dkim=fail", "mx.acme.example; spf=pass smtp.mailfrom=ag.example")
+        == PASS
+    )
+
+
+def test_a_failure_about_another_domain_is_not_the_authors() -> None:
+    # A mailing list's broken signature, say: it says nothing of ann's domain.
+    assert verdict("mx.acme.example; dkim=fail header.d=lists.example") == NONE
+    assert verdict("mx.acme.example; dmarc=pass header.from=evil.example") == NONE
