@@ -148,8 +148,23 @@ class Env:
                 .values(due_at=utcnow())
             )
         await self.smtp.wait_for(1, to=ANN, timeout=15)
+        # The worker has finished with it (marked it sent) before the test goes on: no
+        # SMTP session of the worker's is still open when the app stops.
+        deadline = time.monotonic() + 15
+        while await self._alerts_in_flight():
+            assert time.monotonic() < deadline, "the alert was never marked sent"
+            await asyncio.sleep(0.05)
         (alert,) = self.smtp.to(ANN)
         return alert
+
+    async def _alerts_in_flight(self) -> int:
+        async with self.services.db.read() as session:
+            rows = await session.scalars(
+                select(EmailOutbox.id).where(
+                    EmailOutbox.status.in_([outbox.PENDING, outbox.SENDING])
+                )
+            )
+            return len(rows.all())
 
 
 Launch = Callable[..., Awaitable[Env]]
