@@ -70,18 +70,34 @@ class SmtpTransport:
         return f"{scheme}://{self.hostname}:{self.port}"
 
     async def send(self, message: EmailMessage) -> None:
+        recipients = _one_recipient(message)
+        client = aiosmtplib.SMTP(
+            hostname=self.hostname,
+            port=self.port,
+            username=self.username,
+            password=self.password,
+            use_tls=self.implicit_tls,
+            start_tls=None if not self.implicit_tls else False,  # None: if offered
+            timeout=self.timeout,
+        )
         try:
-            await aiosmtplib.send(
-                message,
-                recipients=_one_recipient(message),
-                hostname=self.hostname,
-                port=self.port,
-                username=self.username,
-                password=self.password,
-                use_tls=self.implicit_tls,
-                start_tls=None if not self.implicit_tls else False,  # None: if offered
-                timeout=self.timeout,
-            )
+            await self._deliver(client, message, recipients)
+        except BaseException:
+            # Failed, or cancelled because the process stops: drop the connection. A polite
+            # QUIT would wait up to the timeout on a relay that may be why we stopped.
+            client.close()
+            raise
+        try:
+            await client.quit()
+        except (TimeoutError, aiosmtplib.SMTPException, OSError):
+            client.close()  # the email was accepted; QUIT is a courtesy
+
+    async def _deliver(
+        self, client: aiosmtplib.SMTP, message: EmailMessage, recipients: list[str]
+    ) -> None:
+        try:
+            await client.connect()
+            await client.send_message(message, recipients=recipients)
         except aiosmtplib.SMTPRecipientsRefused as error:
             codes = [refusal.code for refusal in error.recipients]
             if codes and all(500 <= code < 600 for code in codes):

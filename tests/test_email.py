@@ -796,6 +796,42 @@ async def test_a_stalled_relay_times_out_and_is_retried(launch: Launch) -> None:
     assert "Timeout" in (row.last_error or "")
 
 
+async def test_a_worker_stopped_mid_send_does_not_wait_for_the_relay(launch: Launch) -> None:
+    """A process that stops while a relay sits on an alert's DATA: the send is dropped at
+    once (the alert stays claimed, and is taken over once its lease runs out), never held
+    for the relay's answer to a parting QUIT, which here would take the whole timeout."""
+    env = await launch(run_email_worker=False)
+    assert env.settings.smtp_url is not None
+    transport = SmtpTransport.from_url(env.settings.smtp_url, timeout=600.0)
+    worker = AlertWorker(
+        env.services.db,
+        transport,
+        AlertAccess(),
+        secret=env.settings.secret,
+        public_url=env.settings.public_url,
+        link=env.settings.link,
+        sender=env.settings.sender,
+        options=WORKER,
+    )
+    env.smtp.stall_next(1)
+    task = asyncio.create_task(worker.run_forever())
+    thread = await env.agency_thread()
+    await env.send("coord", thread, "the relay is slow today")
+    await env.release()
+    deadline = time.monotonic() + 15
+    while env.smtp.data_commands < 1:  # the relay now holds the DATA
+        assert time.monotonic() < deadline, "the alert never reached the relay"
+        await asyncio.sleep(0.05)
+    task.cancel()
+    # Far below the transport's 600 s: only a stop that waits for the relay gets here.
+    await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 60)
+    env.smtp.release_stalls()
+    assert task.cancelled()
+    assert env.smtp.messages() == []
+    (row,) = await env.rows_for("ann")
+    assert row.status == outbox.SENDING  # claimed; another worker takes it after the lease
+
+
 async def test_a_worker_that_died_holding_a_claim_is_taken_over(launch: Launch) -> None:
     env = await launch(run_email_worker=False)
     db = env.services.db
