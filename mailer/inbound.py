@@ -57,6 +57,11 @@ PARSING_AT_ONCE = 2
 _LOOKUP_FAILED = "451 4.3.0 The reply address cannot be checked now; try again later."
 
 
+def _lookup_failed() -> str:
+    log.warning("A reply address could not be looked up; the sender will retry.")
+    return _LOOKUP_FAILED
+
+
 @dataclass(frozen=True, slots=True)
 class Recipient:
     """Whom a reply address was made for, and where it leads, as things are now."""
@@ -225,7 +230,7 @@ class ReplyReceiver:
             try:
                 found = await self.desk.recipient(error.token)
             except Exception:
-                return _LOOKUP_FAILED
+                return _lookup_failed()
             where = f" Open the conversation: {found.link}" if found else ""
             return f"550 5.1.1 {error}{where}"
         except ReplyAddressError as error:
@@ -234,7 +239,7 @@ class ReplyReceiver:
         try:
             found = await self.desk.recipient(token)
         except Exception:
-            return _LOOKUP_FAILED
+            return _lookup_failed()
         if found is None:
             self.count("unknown")
             return "550 5.1.1 This conversation no longer exists."

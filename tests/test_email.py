@@ -43,9 +43,8 @@ from starlette.applications import Starlette
 from harness.services import VENV_BIN
 from mailer import outbox
 from mailer.transport import SmtpTransport
-from mailer.worker import AlertWorker, WorkerOptions
-from server.app import create_app
-from server.domain.alert_access import AlertAccess
+from mailer.worker import WorkerOptions
+from server.app import alert_worker, create_app
 from server.edge.services import Services
 from server.settings import Settings
 from storage.models import EmailOutbox, User, utcnow
@@ -765,16 +764,8 @@ async def test_a_stalled_relay_times_out_and_is_retried(launch: Launch) -> None:
     assert env.settings.smtp_url is not None
     transport = SmtpTransport.from_url(env.settings.smtp_url, timeout=1.0)
     counts: list[str] = []
-    worker = AlertWorker(
-        env.services.db,
-        transport,
-        AlertAccess(),
-        secret=env.settings.secret,
-        public_url=env.settings.public_url,
-        link=env.settings.link,
-        sender=env.settings.sender,
-        options=WORKER,
-        count=counts.append,
+    worker = alert_worker(
+        env.settings, env.services.db, transport=transport, options=WORKER, count=counts.append
     )
     env.smtp.stall_next(1)
     task = asyncio.create_task(worker.run_forever())
@@ -803,16 +794,7 @@ async def test_a_worker_stopped_mid_send_does_not_wait_for_the_relay(launch: Lau
     env = await launch(run_email_worker=False)
     assert env.settings.smtp_url is not None
     transport = SmtpTransport.from_url(env.settings.smtp_url, timeout=600.0)
-    worker = AlertWorker(
-        env.services.db,
-        transport,
-        AlertAccess(),
-        secret=env.settings.secret,
-        public_url=env.settings.public_url,
-        link=env.settings.link,
-        sender=env.settings.sender,
-        options=WORKER,
-    )
+    worker = alert_worker(env.settings, env.services.db, transport=transport, options=WORKER)
     env.smtp.stall_next(1)
     task = asyncio.create_task(worker.run_forever())
     thread = await env.agency_thread()
@@ -848,15 +830,8 @@ async def test_a_worker_that_died_holding_a_claim_is_taken_over(launch: Launch) 
     claimed_at = time.monotonic()
     assert len(claimed) == 1 and claimed[0].status == outbox.SENDING
 
-    worker = AlertWorker(
-        db,
-        SmtpTransport.from_url(env.smtp.url),
-        AlertAccess(),
-        secret=env.settings.secret,
-        public_url=env.settings.public_url,
-        link=env.settings.link,
-        sender=env.settings.sender,
-        options=WORKER,
+    worker = alert_worker(
+        env.settings, db, transport=SmtpTransport.from_url(env.smtp.url), options=WORKER
     )
     assert await worker.run_once() is False  # the lease holds: nothing to take yet
     assert env.smtp.messages() == []

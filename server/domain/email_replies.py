@@ -7,7 +7,6 @@ The receiver (mailer.inbound) asks through its `ReplyDesk` interface, which this
 from __future__ import annotations
 
 import hashlib
-import logging
 
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import func, select
@@ -22,8 +21,6 @@ from server.domain.facts import load_principal
 from server.domain.ratelimit import SendRateLimiter
 from storage.database import Database
 from storage.models import Candidate, Message, Org, Thread, User
-
-log = logging.getLogger("agency_messaging.email_replies")
 
 _BODY = TypeAdapter(protocol.Body)
 # A reply to a thread the person no longer sees meets NotFound, whose words are for a
